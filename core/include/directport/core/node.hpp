@@ -1,0 +1,62 @@
+// A node: one process's manifest, broker and publishers (DESIGN §2, §3).
+//
+// Construction creates the manifest (removing the litter of a dead predecessor of the same
+// name) and starts the broker thread, which also beats the heartbeat. Destruction withdraws
+// the manifest: state "stopping", broker closed (subscribers see EOF), segment unlinked.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "directport/core/broker.hpp"
+#include "directport/core/manifest.hpp"
+#include "directport/core/stream.hpp"
+
+namespace dp {
+
+struct NodeOptions {
+  std::string name;
+  std::string type = "custom";
+  std::string domain;  // empty: default_domain()
+  std::vector<std::uint32_t> allow_uids;
+  ManifestOptions manifest;
+  nlohmann::json info = nlohmann::json::object();  // free-form, shown by `inspect`
+};
+
+class Node {
+ public:
+  explicit Node(NodeOptions opts);
+  ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // Announces a stream. The returned publisher lives as long as the node.
+  Publisher& advertise(StreamSpec spec);
+  // Subscribes to "NODE/STREAM" in this node's domain, recording it in the manifest.
+  Subscriber subscribe(const std::string& address, SubscribeOptions opts = {});
+  // Marks the node running (after set-up) — shown by `ls`.
+  void set_running();
+  // Adds or replaces a key of the manifest's "info" object.
+  void set_info(const std::string& key, nlohmann::json value);
+
+  const std::string& name() const { return opts_.name; }
+  const std::string& domain() const { return opts_.domain; }
+  Broker& broker() { return *broker_; }
+  Publisher* find(const std::string& stream);
+
+ private:
+  void rewrite_manifest();
+
+  NodeOptions opts_;
+  ManifestWriter manifest_;
+  std::unique_ptr<Broker> broker_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<Publisher>> publishers_;
+  std::vector<std::string> subscriptions_;
+};
+
+}  // namespace dp

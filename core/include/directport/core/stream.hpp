@@ -1,0 +1,142 @@
+// Publisher and Subscriber: the frame protocol of DESIGN §6 over any transport.
+//
+// The same API serves the host and the CUDA backends: every call that touches frame data takes
+// a GpuStream (cudaStream_t). On the host backend it must be nullptr and waits happen on the
+// CPU; on the GPU backends waits and signals are enqueued on that stream and the call never
+// synchronises it.
+//
+// Threading: a Publisher is used by one application thread (the node's broker thread adds and
+// removes subscriptions concurrently, under a lock). A Subscriber is used by one thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "directport/core/broker.hpp"
+#include "directport/core/manifest.hpp"
+#include "directport/core/transport.hpp"
+#include "directport/core/types.hpp"
+
+namespace dp {
+
+class Publisher {
+ public:
+  struct Counters {
+    std::uint64_t published = 0;
+    std::uint64_t dropped = 0;      // no slot free within spec.acquire_timeout
+    std::uint64_t subscribers = 0;  // live now
+  };
+
+  Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
+            const std::string& node_name);
+  ~Publisher();
+  Publisher(const Publisher&) = delete;
+  Publisher& operator=(const Publisher&) = delete;
+
+  // Picks a slot no live subscriber holds (DESIGN §6 step 1), waiting up to
+  // spec.acquire_timeout; then drops the frame (counted) and returns nullopt. On the GPU it
+  // enqueues on `stream` the waits for releases still in flight (step 2).
+  std::optional<SlotLease> acquire(GpuStream stream = nullptr);
+  // Enqueues the ready fence after the application's writes on `stream`, then publishes the
+  // slot's metadata and the stream's latest seq (step 4).
+  void publish(const SlotLease& lease, const FrameInfo& info, GpuStream stream = nullptr);
+  // Gives a slot back without publishing it.
+  void abandon(const SlotLease& lease);
+
+  const StreamSpec& spec() const { return spec_; }
+  Counters counters() const;
+  nlohmann::json describe() const;  // manifest entry of this stream
+  ProducerTransport& transport() { return *transport_; }
+
+  // Broker side (called by the node's broker thread).
+  nlohmann::json add_subscription(std::uint64_t connection_id, const std::string& client,
+                                  platform::UniqueFd release_page, std::vector<int>& fds_out);
+  void drop_connection(std::uint64_t connection_id) noexcept;
+  nlohmann::json consumers() const;
+
+ private:
+  struct Subscription;
+  bool slot_free(std::uint32_t slot, std::uint64_t& wait_value_out, const Subscription& s) const;
+  bool try_claim(std::uint32_t slot, GpuStream stream);
+  void release_dead(Subscription& s) noexcept;
+
+  StreamSpec spec_;
+  protocol::ControlBlock& control_;
+  std::uint32_t control_index_;
+  std::unique_ptr<ProducerTransport> transport_;
+  mutable std::mutex mu_;
+  std::vector<std::unique_ptr<Subscription>> subs_;
+  std::uint64_t next_seq_ = 1;
+  std::uint32_t last_slot_ = 0;
+  std::uint64_t next_sub_id_ = 1;
+};
+
+struct SubscribeOptions {
+  std::string client_name = "anonymous";
+  std::string domain;  // empty: default_domain()
+  std::chrono::milliseconds connect_timeout{2000};
+  // How long after the producer's death the subscriber tries to find a new instance, and how
+  // often (a rediscovery costs one shm_open).
+  std::chrono::milliseconds reconnect_interval{20};
+  // Bound for CPU waits on a frame's ready fence (host backend).
+  std::chrono::milliseconds ready_timeout{1000};
+};
+
+class Subscriber {
+ public:
+  struct Counters {
+    std::uint64_t received = 0;     // frames handed to the application
+    std::uint64_t missed = 0;       // published frames skipped because we were slower
+    std::uint64_t dropped = 0;      // frames the producer dropped while we were subscribed
+    std::uint64_t invalidated = 0;  // frames lost because the producer died before completing them
+    std::uint64_t reconnects = 0;
+  };
+  enum class State { connected, producer_gone };
+
+  // Connects to `node/stream` (throws if it is not there or refuses us).
+  Subscriber(const std::string& node, const std::string& stream, SubscribeOptions opts = {});
+  ~Subscriber();
+  Subscriber(Subscriber&&) noexcept;
+  Subscriber& operator=(Subscriber&&) noexcept;
+
+  // The newest frame newer than the last one received, or nullopt. Non-blocking.
+  std::optional<Frame> latest(GpuStream stream = nullptr);
+  // The oldest frame still in the ring that is newer than the last one received, waiting up to
+  // `timeout` for one. Returns nullopt on timeout or while the producer is gone.
+  std::optional<Frame> next(std::chrono::nanoseconds timeout, GpuStream stream = nullptr);
+  // The application is done reading `f` once `stream` reaches this point.
+  void release(const Frame& f, GpuStream stream = nullptr);
+  // False if `f` is from a producer that died before completing it.
+  bool is_valid(const Frame& f) const;
+
+  State state();
+  const StreamSpec& spec() const;
+  Counters counters() const { return counters_; }
+  std::string address() const { return node_ + "/" + stream_; }
+
+ private:
+  struct Connection;
+  void connect();
+  bool check_producer();  // false if gone (and handles it)
+  std::optional<Frame> claim(std::uint64_t seq, GpuStream stream);
+  void producer_died() noexcept;
+
+  std::string node_, stream_;
+  SubscribeOptions opts_;
+  std::unique_ptr<Connection> conn_;
+  std::vector<std::unique_ptr<Connection>> retired_;
+  std::uint32_t generation_ = 0;
+  std::uint64_t last_seq_ = 0;
+  std::int64_t last_check_ns_ = 0;
+  std::int64_t next_reconnect_ns_ = 0;
+  Counters counters_;
+};
+
+}  // namespace dp

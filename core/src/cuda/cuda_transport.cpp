@@ -1,0 +1,347 @@
+// CUDA backends: `cuda-vmm` memory (cuMemCreate + POSIX fd, mapped read-only by consumers) and
+// `cuda-ipc` (legacy cudaIpcMemHandle_t), both with `cuda-memop` fences: 64-bit timeline words in
+// host fence pages registered with the device, signalled with cuStreamWriteValue64 and waited on
+// with cuStreamWaitValue64 (GEQ): GPU to GPU with no CPU on the path.
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+#include "directport/core/fence.hpp"
+#include "directport/core/transport.hpp"
+#include "directport/cuda/driver.hpp"
+
+namespace dp {
+namespace {
+
+using cuda::driver;
+
+std::size_t round_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
+
+int current_device() {
+  int d = 0;
+  DP_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+CUstream as_cu(GpuStream s) { return reinterpret_cast<CUstream>(s); }
+
+// A host page registered with the device (DEVICEMAP), unregistered on destruction.
+class RegisteredPage {
+ public:
+  RegisteredPage() = default;
+  RegisteredPage(platform::Segment seg, bool read_only) : seg_(std::move(seg)) {
+    unsigned flags = CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_PORTABLE;
+    if (read_only) flags |= CU_MEMHOSTREGISTER_READ_ONLY;
+    DP_CU_CHECK(cuMemHostRegister, seg_.data(), seg_.size(), flags);
+    registered_ = true;
+    DP_CU_CHECK(cuMemHostGetDevicePointer, &dptr_, seg_.data(), 0);
+  }
+  RegisteredPage(RegisteredPage&& o) noexcept
+      : seg_(std::move(o.seg_)), dptr_(o.dptr_), registered_(std::exchange(o.registered_, false)) {}
+  RegisteredPage& operator=(RegisteredPage&& o) noexcept {
+    if (this != &o) {
+      reset();
+      seg_ = std::move(o.seg_);
+      dptr_ = o.dptr_;
+      registered_ = std::exchange(o.registered_, false);
+    }
+    return *this;
+  }
+  ~RegisteredPage() { reset(); }
+  CUdeviceptr dptr() const { return dptr_; }
+  platform::Segment& segment() { return seg_; }
+  const platform::Segment& segment() const { return seg_; }
+
+ private:
+  void reset() noexcept {
+    if (registered_) {
+      CUresult rc = driver().cuMemHostUnregister(seg_.data());
+      if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_DEINITIALIZED) log_cleanup_failure("cuMemHostUnregister");
+      registered_ = false;
+    }
+  }
+  platform::Segment seg_;
+  CUdeviceptr dptr_ = 0;
+  bool registered_ = false;
+};
+
+bool read_only_register_supported(int device) {
+  CUdevice dev;
+  DP_CU_CHECK(cuDeviceGet, &dev, device);
+  int v = 0;
+  DP_CU_CHECK(cuDeviceGetAttribute, &v, CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED, dev);
+  return v != 0;
+}
+
+// Registers a page someone else owns. Read-only where the device supports it; otherwise a
+// writable mapping is registered but never written through except to release a dead peer.
+RegisteredPage register_peer_page(const platform::UniqueFd& fd, int device) {
+  bool ro = read_only_register_supported(device);
+  auto seg = platform::Segment::map_fd(fd.dup(), protocol::kFencePageBytes,
+                                       ro ? platform::Access::read_only : platform::Access::read_write);
+  return RegisteredPage(std::move(seg), ro);
+}
+
+CUmemAllocationProp vmm_prop(int device) {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+  return prop;
+}
+
+std::size_t vmm_granularity(int device) {
+  auto prop = vmm_prop(device);
+  std::size_t g = 0;
+  DP_CU_CHECK(cuMemGetAllocationGranularity, &g, &prop, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED);
+  return g;
+}
+
+// ---------------------------------------------------------------- producer
+
+class CudaProducer final : public ProducerTransport {
+ public:
+  CudaProducer(const StreamSpec& spec, const std::string& name) : spec_(spec) {
+    device_ = current_device();
+    cuda::use_device(device_);
+    uuid_ = cuda::device_uuid(device_);
+    stride_ = round_up(spec.frame_bytes(), 256);
+    if (spec.memory == MemoryKind::cuda_vmm) {
+      granularity_ = vmm_granularity(device_);
+      bytes_ = round_up(stride_ * spec.slots, granularity_);
+      auto prop = vmm_prop(device_);
+      DP_CU_CHECK(cuMemCreate, &handle_, bytes_, &prop, 0);
+      DP_CU_CHECK(cuMemAddressReserve, &base_, bytes_, granularity_, 0, 0);
+      DP_CU_CHECK(cuMemMap, base_, bytes_, 0, handle_, 0);
+      CUmemAccessDesc acc{};
+      acc.location = prop.location;
+      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      DP_CU_CHECK(cuMemSetAccess, base_, bytes_, &acc, 1);
+      int fd = -1;
+      DP_CU_CHECK(cuMemExportToShareableHandle, &fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+      mem_fd_ = platform::UniqueFd(fd);
+    } else {
+      bytes_ = stride_ * spec.slots;
+      void* p = nullptr;
+      DP_CUDA_CHECK(cudaMalloc(&p, bytes_));
+      base_ = reinterpret_cast<CUdeviceptr>(p);
+      DP_CUDA_CHECK(cudaIpcGetMemHandle(&ipc_, p));
+    }
+    DP_CUDA_CHECK(cudaMemset(reinterpret_cast<void*>(base_), 0, bytes_));
+    DP_CUDA_CHECK(cudaDeviceSynchronize());
+    ready_ = RegisteredPage(platform::Segment::create_anonymous("dp-ready-" + name, protocol::kFencePageBytes, false),
+                            false);
+    for (std::uint32_t i = 0; i < spec.slots; ++i) new (&ready_word(i)) protocol::AtomicU64(0);
+  }
+
+  ~CudaProducer() override {
+    // Consumers keep their own references to VMM memory: freeing ours is safe even while they
+    // map it. Wait for our own work first.
+    cudaDeviceSynchronize();
+    graveyard_.clear();
+    if (spec_.memory == MemoryKind::cuda_vmm) {
+      if (base_) {
+        driver().cuMemUnmap(base_, bytes_);
+        driver().cuMemAddressFree(base_, bytes_);
+      }
+      if (handle_) driver().cuMemRelease(handle_);
+    } else if (base_) {
+      cudaFree(reinterpret_cast<void*>(base_));
+    }
+  }
+
+  void* slot_data(std::uint32_t slot) override { return reinterpret_cast<void*>(base_ + slot * stride_); }
+  std::size_t slot_stride() const override { return stride_; }
+  std::vector<int> export_fds() const override {
+    if (spec_.memory == MemoryKind::cuda_vmm) return {mem_fd_.get(), ready_.segment().fd().get()};
+    return {ready_.segment().fd().get()};
+  }
+  nlohmann::json describe() const override {
+    nlohmann::json j{{"device_uuid", uuid_}, {"memory_bytes", bytes_}, {"fence_handle", "posix-fd"}};
+    if (spec_.memory == MemoryKind::cuda_vmm) {
+      j["memory_handle"] = "posix-fd";
+      j["granularity"] = granularity_;
+    } else {
+      static const char* hex = "0123456789abcdef";
+      std::string h;
+      for (unsigned char c : std::string(ipc_.reserved, sizeof ipc_.reserved)) {
+        h += hex[c >> 4];
+        h += hex[c & 15];
+      }
+      j["memory_handle"] = "cuda-ipc";
+      j["ipc_handle"] = h;
+    }
+    return j;
+  }
+  protocol::AtomicU64& ready_word(std::uint32_t slot) override {
+    return *reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(ready_.segment().data()) +
+                                                  slot * protocol::kFenceStride);
+  }
+  void attach(ReleasePageView& page, platform::Segment& mapping) override {
+    cuda::use_device(device_);
+    auto reg = register_peer_page(mapping.fd(), device_);
+    page.gpu_handle = reinterpret_cast<void*>(reg.dptr());
+    std::lock_guard<std::mutex> lock(mu_);
+    pages_.emplace(page.gpu_handle, std::move(reg));
+  }
+  void detach(ReleasePageView& page, platform::Segment&&) noexcept override {
+    // Work enqueued earlier may still wait on this page (it was released, so it will finish):
+    // keep the registration until our next synchronisation point.
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pages_.find(page.gpu_handle);
+    if (it == pages_.end()) return;
+    graveyard_.push_back(std::move(it->second));
+    pages_.erase(it);
+    if (graveyard_.size() > 64 && cudaDeviceSynchronize() == cudaSuccess) graveyard_.clear();
+  }
+  void wait_released(GpuStream stream, const ReleasePageView& page, std::uint32_t slot, std::uint64_t value) override {
+    auto addr = reinterpret_cast<CUdeviceptr>(page.gpu_handle) + slot * protocol::kFenceStride +
+                offsetof(protocol::ReleaseRecord, released);
+    DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), addr, value, CU_STREAM_WAIT_VALUE_GEQ);
+  }
+  void signal_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq) override {
+    // The default (barrier) flavour orders the application's earlier writes before the value.
+    DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq, 0);
+  }
+  bool gpu_side() const override { return true; }
+
+ private:
+  StreamSpec spec_;
+  int device_ = 0;
+  std::string uuid_;
+  std::size_t stride_ = 0, bytes_ = 0, granularity_ = 0;
+  CUmemGenericAllocationHandle handle_ = 0;
+  CUdeviceptr base_ = 0;
+  cudaIpcMemHandle_t ipc_{};
+  platform::UniqueFd mem_fd_;
+  RegisteredPage ready_;
+  std::mutex mu_;
+  std::map<void*, RegisteredPage> pages_;
+  std::vector<RegisteredPage> graveyard_;
+};
+
+// ---------------------------------------------------------------- consumer
+
+class CudaConsumer final : public ConsumerTransport {
+ public:
+  explicit CudaConsumer(TransportImport imp) : spec_(*imp.spec), stride_(imp.slot_stride) {
+    device_ = current_device();
+    cuda::use_device(device_);
+    const auto& d = imp.description;
+    auto theirs = d.at("device_uuid").get<std::string>();
+    auto ours = cuda::device_uuid(device_);
+    if (theirs != ours) {
+      throw ValidationError("stream '" + spec_.name + "' lives on GPU " + theirs + " but this process uses GPU " +
+                            ours + " (device " + std::to_string(device_) +
+                            "); cross-GPU subscriptions are not supported: select the producer's GPU "
+                            "(cudaSetDevice / CUDA_VISIBLE_DEVICES)");
+    }
+    bytes_ = d.at("memory_bytes").get<std::size_t>();
+    if (bytes_ < stride_ * spec_.slots) throw ValidationError("stream memory smaller than its slots");
+    std::size_t fence_index = 0;
+    if (spec_.memory == MemoryKind::cuda_vmm) {
+      if (imp.fds.size() != 2) throw ValidationError("cuda-vmm stream needs 2 descriptors (memory, ready page)");
+      std::size_t g = vmm_granularity(device_);
+      if (bytes_ % g != 0) throw ValidationError("cuda-vmm memory size is not a multiple of the granularity");
+      DP_CU_CHECK(cuMemImportFromShareableHandle, &handle_, reinterpret_cast<void*>(static_cast<std::uintptr_t>(imp.fds[0].get())),
+                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+      imp.fds[0].reset();  // the import holds the memory now
+      DP_CU_CHECK(cuMemAddressReserve, &base_, bytes_, g, 0, 0);
+      DP_CU_CHECK(cuMemMap, base_, bytes_, 0, handle_, 0);
+      mapped_ = true;
+      CUmemAccessDesc acc{};
+      acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      acc.location.id = device_;
+      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;  // read-only, enforced by the GPU
+      DP_CU_CHECK(cuMemSetAccess, base_, bytes_, &acc, 1);
+      fence_index = 1;
+    } else {
+      if (imp.fds.size() != 1) throw ValidationError("cuda-ipc stream needs 1 descriptor (ready page)");
+      auto hex = d.at("ipc_handle").get<std::string>();
+      if (hex.size() != 2 * sizeof(cudaIpcMemHandle_t)) throw ValidationError("malformed ipc_handle");
+      cudaIpcMemHandle_t h{};
+      for (std::size_t i = 0; i < sizeof h.reserved; ++i) {
+        h.reserved[i] = static_cast<char>(std::stoi(hex.substr(2 * i, 2), nullptr, 16));
+      }
+      void* p = nullptr;
+      DP_CUDA_CHECK(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
+      base_ = reinterpret_cast<CUdeviceptr>(p);
+    }
+    ready_fd_ = std::move(imp.fds[fence_index]);
+    ready_ = register_peer_page(ready_fd_, device_);
+    DP_EXPECTS(imp.release_page != nullptr, "CUDA consumer needs its release page");
+    own_base_ = static_cast<char*>(imp.release_page->data());
+    own_ = RegisteredPage(platform::Segment::map_fd(imp.release_page->fd().dup(), protocol::kFencePageBytes,
+                                                    platform::Access::read_write),
+                          false);
+  }
+
+  ~CudaConsumer() override {
+    if (spec_.memory == MemoryKind::cuda_vmm) {
+      if (mapped_) {
+        driver().cuMemUnmap(base_, bytes_);
+        driver().cuMemAddressFree(base_, bytes_);
+      }
+      if (handle_) driver().cuMemRelease(handle_);
+    } else if (base_) {
+      cudaIpcCloseMemHandle(reinterpret_cast<void*>(base_));
+    }
+  }
+
+  const void* slot_data(std::uint32_t slot) const override { return reinterpret_cast<const void*>(base_ + slot * stride_); }
+  bool wait_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq, std::chrono::nanoseconds) override {
+    DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq,
+                CU_STREAM_WAIT_VALUE_GEQ);
+    return true;
+  }
+  void signal_released(GpuStream stream, protocol::ReleaseRecord& rec, std::uint64_t seq) override {
+    auto off = reinterpret_cast<char*>(&rec.released) - own_base_;
+    DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), own_.dptr() + off, seq, 0);
+  }
+  std::uint64_t ready_value(std::uint32_t slot) const override {
+    return reinterpret_cast<const protocol::AtomicU64*>(static_cast<const char*>(ready_.segment().data()) +
+                                                        slot * protocol::kFenceStride)
+        ->load(std::memory_order_acquire);
+  }
+  void force_ready(std::uint32_t slot, std::uint64_t seq) noexcept override {
+    try {
+      auto rw = platform::Segment::map_fd(ready_fd_.dup(), protocol::kFencePageBytes, platform::Access::read_write);
+      fence::host_signal(*reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(rw.data()) +
+                                                                 slot * protocol::kFenceStride),
+                         seq);
+    } catch (const std::exception& e) {
+      log_cleanup_failure(std::string("releasing a dead producer's ready fence: ") + e.what());
+    }
+  }
+
+ private:
+  StreamSpec spec_;
+  int device_ = 0;
+  std::size_t stride_ = 0, bytes_ = 0;
+  CUmemGenericAllocationHandle handle_ = 0;
+  CUdeviceptr base_ = 0;
+  bool mapped_ = false;
+  platform::UniqueFd ready_fd_;
+  RegisteredPage ready_;
+  char* own_base_ = nullptr;
+  RegisteredPage own_;
+};
+
+}  // namespace
+
+std::unique_ptr<ProducerTransport> make_cuda_producer_transport(const StreamSpec& spec, const std::string& name) {
+  cuda::driver();  // throws "CUDA is not usable here: ..." with the reason
+  return std::make_unique<CudaProducer>(spec, name);
+}
+
+std::unique_ptr<ConsumerTransport> make_cuda_consumer_transport(TransportImport imp) {
+  cuda::driver();
+  return std::make_unique<CudaConsumer>(std::move(imp));
+}
+
+}  // namespace dp

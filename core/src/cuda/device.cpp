@@ -1,0 +1,118 @@
+#include "directport/cuda/device.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "directport/core/protocol.hpp"
+#include "directport/cuda/driver.hpp"
+#include "directport/platform/shm.hpp"
+
+namespace dp::cuda {
+namespace {
+
+int attr(CUdevice dev, CUdevice_attribute a) {
+  int v = 0;
+  if (driver().cuDeviceGetAttribute(&v, a, dev) != CUDA_SUCCESS) return -1;
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+// CPU writes a host-mapped word, a GPU stream waiting on it writes an ack word, the CPU polls the
+// ack: the latency of a CPU -> GPU -> CPU fence hop. Then two streams ping-pong through two
+// words, GPU to GPU, to give the per-hop cost with no CPU on the path.
+nlohmann::json measure_fences() {
+  use_device(0);
+  auto seg = platform::Segment::create_anonymous("dp-doctor", protocol::kFencePageBytes, false);
+  auto* words = static_cast<protocol::AtomicU64*>(seg.data());
+  for (int i = 0; i < 4; ++i) new (&words[i * 8]) protocol::AtomicU64(0);
+  DP_CU_CHECK(cuMemHostRegister, seg.data(), seg.size(), CU_MEMHOSTREGISTER_DEVICEMAP);
+  CUdeviceptr d = 0;
+  DP_CU_CHECK(cuMemHostGetDevicePointer, &d, seg.data(), 0);
+  CUdeviceptr go = d, ack = d + 64, ping = d + 128, pong = d + 192;
+  cudaStream_t a, b;
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking));
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking));
+  auto cs = [](cudaStream_t s) { return reinterpret_cast<CUstream>(s); };
+
+  std::vector<double> hop;
+  for (std::uint64_t i = 1; i <= 2000; ++i) {
+    DP_CU_CHECK(cuStreamWaitValue64, cs(a), go, i, CU_STREAM_WAIT_VALUE_GEQ);
+    DP_CU_CHECK(cuStreamWriteValue64, cs(a), ack, i, 0);
+    auto t0 = std::chrono::steady_clock::now();
+    words[0].store(i, std::memory_order_release);
+    while (words[8].load(std::memory_order_acquire) < i) {
+    }
+    hop.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  const int n = 2000;
+  for (int i = 1; i <= n; ++i) {
+    DP_CU_CHECK(cuStreamWriteValue64, cs(a), ping, i, 0);
+    DP_CU_CHECK(cuStreamWaitValue64, cs(a), pong, i, CU_STREAM_WAIT_VALUE_GEQ);
+    DP_CU_CHECK(cuStreamWaitValue64, cs(b), ping, i, CU_STREAM_WAIT_VALUE_GEQ);
+    DP_CU_CHECK(cuStreamWriteValue64, cs(b), pong, i, 0);
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  DP_CUDA_CHECK(cudaStreamSynchronize(a));
+  double total_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+  // The enqueue loop above already let the GPU run; time the whole ping-pong from GPU events
+  // would be more exact, but the host-side bound is an honest upper bound per round trip.
+  DP_CUDA_CHECK(cudaStreamSynchronize(b));
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
+  driver().cuMemHostUnregister(seg.data());
+  return {{"cpu_gpu_cpu_hop_us_p50", median(hop)},
+          {"gpu_gpu_pingpong_drain_us_per_round_trip_upper_bound", total_us / n},
+          {"samples", hop.size()}};
+}
+
+}  // namespace
+
+bool gpu_available() noexcept { return availability().usable; }
+
+nlohmann::json probe(bool measure) {
+  const auto& a = availability();
+  nlohmann::json j{{"built_with_cuda", true},
+                   {"usable", a.usable},
+                   {"runtime_version", a.runtime_version},
+                   {"driver_version", a.driver_version},
+                   {"device_count", a.device_count}};
+  if (!a.usable) {
+    j["reason"] = a.reason;
+    return j;
+  }
+  try {
+    nlohmann::json devs = nlohmann::json::array();
+    bool all_vmm = true;
+    for (int i = 0; i < a.device_count; ++i) {
+      CUdevice dev;
+      DP_CU_CHECK(cuDeviceGet, &dev, i);
+      int ipc = 0;
+      cudaDeviceGetAttribute(&ipc, cudaDevAttrIpcEventSupport, i);
+      nlohmann::json d{{"index", i},
+                       {"name", device_name(i)},
+                       {"uuid", device_uuid(i)},
+                       {"vmm", attr(dev, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED) == 1},
+                       {"posix_fd", attr(dev, CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED) == 1},
+                       {"memops_64", attr(dev, CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS) == 1},
+                       {"host_register", attr(dev, CU_DEVICE_ATTRIBUTE_HOST_REGISTER_SUPPORTED) == 1},
+                       {"read_only_host_register", attr(dev, CU_DEVICE_ATTRIBUTE_READ_ONLY_HOST_REGISTER_SUPPORTED) == 1},
+                       {"ipc", ipc == 1}};
+      all_vmm = all_vmm && d["vmm"] && d["posix_fd"];
+      devs.push_back(d);
+    }
+    j["devices"] = devs;
+    j["memory_kind"] = all_vmm ? "cuda-vmm" : "cuda-ipc";
+    if (measure) j["fences"] = measure_fences();
+  } catch (const std::exception& e) {
+    j["usable"] = false;
+    j["reason"] = e.what();
+  }
+  return j;
+}
+
+}  // namespace dp::cuda

@@ -1,0 +1,143 @@
+#include "directport/core/node.hpp"
+
+#include "directport/core/discovery.hpp"
+#include "directport/core/error.hpp"
+#include "directport/core/names.hpp"
+
+namespace dp {
+namespace {
+
+NodeOptions checked(NodeOptions o) {
+  if (o.domain.empty()) o.domain = default_domain();
+  validate_name("domain", o.domain);
+  validate_name("node name", o.name);
+  if (o.type.empty() || o.type.size() > 64) throw ValidationError("node type must be 1..64 characters");
+  return o;
+}
+
+}  // namespace
+
+Node::Node(NodeOptions opts)
+    : opts_(checked(std::move(opts))), manifest_(ManifestWriter::create(opts_.domain, opts_.name, opts_.manifest)) {
+  Broker::Options bo;
+  bo.socket_name = broker_socket_name(opts_.domain, opts_.name);
+  bo.node_name = opts_.name;
+  bo.allow_uids = opts_.allow_uids;
+  broker_ = std::make_unique<Broker>(bo);
+  broker_->on("subscribe", [this](const PeerInfo& peer, const nlohmann::json& req,
+                                  std::vector<platform::UniqueFd>& fds) {
+    auto stream = req.at("stream").get<std::string>();
+    validate_name("stream name", stream);
+    if (fds.size() != 1) throw ValidationError("subscribe needs exactly one descriptor: the release page");
+    Publisher* p = find(stream);
+    if (!p) throw ValidationError("node '" + opts_.name + "' publishes no stream '" + stream + "'");
+    BrokerReply r;
+    r.body = p->add_subscription(peer.connection_id, peer.client_name, std::move(fds[0]), r.fds);
+    rewrite_manifest();
+    return r;
+  });
+  broker_->on("status", [this](const PeerInfo&, const nlohmann::json&, std::vector<platform::UniqueFd>&) {
+    nlohmann::json streams = nlohmann::json::object();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& p : publishers_) streams[p->spec().name] = p->consumers();
+    return BrokerReply{{{"op", "status"}, {"consumers", streams}}, {}};
+  });
+  broker_->on_disconnect([this](const PeerInfo& peer) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto& p : publishers_) p->drop_connection(peer.connection_id);
+    }
+    rewrite_manifest();
+  });
+  broker_->on_tick([this] { manifest_.heartbeat(); });
+  rewrite_manifest();
+  broker_->start();
+}
+
+Node::~Node() {
+  try {
+    manifest_.set_state(protocol::NodeState::stopping);
+  } catch (...) {
+  }
+  broker_->stop();
+  // ManifestWriter's segment unlinks the name on destruction.
+}
+
+Publisher* Node::find(const std::string& stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& p : publishers_) {
+    if (p->spec().name == stream) return p.get();
+  }
+  return nullptr;
+}
+
+Publisher& Node::advertise(StreamSpec spec) {
+  spec.validate();
+  Publisher* made = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& p : publishers_) {
+      if (p->spec().name == spec.name) throw PreconditionError("stream '" + spec.name + "' is already advertised");
+    }
+    auto index = static_cast<std::uint32_t>(publishers_.size());
+    if (index >= manifest_.control_capacity()) {
+      throw PreconditionError("node '" + opts_.name + "' can publish at most " +
+                              std::to_string(manifest_.control_capacity()) +
+                              " streams (NodeOptions::manifest.control_capacity)");
+    }
+    publishers_.push_back(std::make_unique<Publisher>(spec, manifest_.control(index), index, opts_.name));
+    made = publishers_.back().get();
+  }
+  rewrite_manifest();
+  return *made;
+}
+
+Subscriber Node::subscribe(const std::string& address, SubscribeOptions opts) {
+  auto a = parse_stream_address(address);
+  if (a.stream.empty()) throw ValidationError("subscribe needs NODE/STREAM, got '" + address + "'");
+  if (opts.domain.empty()) opts.domain = opts_.domain;
+  if (opts.client_name == "anonymous") opts.client_name = opts_.name;
+  Subscriber s(a.node, a.stream, opts);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    subscriptions_.push_back(address);
+  }
+  rewrite_manifest();
+  return s;
+}
+
+void Node::set_running() { manifest_.set_state(protocol::NodeState::running); }
+
+void Node::set_info(const std::string& key, nlohmann::json value) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    opts_.info[key] = std::move(value);
+  }
+  rewrite_manifest();
+}
+
+void Node::rewrite_manifest() {
+  nlohmann::json doc;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    doc = {{"abi", protocol::kAbiVersion},
+           {"name", opts_.name},
+           {"type", opts_.type},
+           {"version", "0.1.0"},
+           {"domain", opts_.domain},
+           {"pid", platform::self_identity().pid},
+           {"host", platform::hostname()},
+           {"broker", broker_ ? broker_->socket_name() : ""},
+           {"streams", nlohmann::json::array()},
+           {"subscriptions", subscriptions_},
+           {"info", opts_.info}};
+    for (auto& p : publishers_) {
+      auto s = p->describe();
+      s["consumers"] = p->consumers();
+      doc["streams"].push_back(std::move(s));
+    }
+  }
+  manifest_.set_json(doc);
+}
+
+}  // namespace dp

@@ -1,0 +1,424 @@
+#include "directport/core/stream.hpp"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "directport/core/error.hpp"
+#include "directport/core/fence.hpp"
+#include "directport/core/names.hpp"
+#include "directport/platform/process.hpp"
+
+namespace dp {
+
+using protocol::ReleaseRecord;
+
+// ============================================================== Publisher
+
+struct Publisher::Subscription {
+  std::uint64_t id = 0;
+  std::uint64_t connection_id = 0;
+  std::string client;
+  platform::UniqueFd fd;        // kept to map the page writable if the consumer dies
+  platform::Segment mapping;    // read-only view of the consumer's release page
+  ReleasePageView view;
+};
+
+Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
+                     const std::string& node_name)
+    : spec_(std::move(spec)), control_(control), control_index_(control_index) {
+  spec_.validate();
+  transport_ = make_producer_transport(spec_, node_name + "." + spec_.name);
+  new (&control_) protocol::ControlBlock{};
+  control_.slot_count = spec_.slots;
+  last_slot_ = spec_.slots - 1;
+}
+
+Publisher::~Publisher() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& s : subs_) transport_->detach(s->view, std::move(s->mapping));
+}
+
+bool Publisher::slot_free(std::uint32_t slot, std::uint64_t& wait_value, const Subscription& s) const {
+  const ReleaseRecord& r = s.view.records[slot];
+  std::uint64_t held = r.held.load(std::memory_order_seq_cst);
+  if (held == 0 || r.released.load(std::memory_order_acquire) >= held) return true;
+  if (transport_->gpu_side() && r.release_enqueued.load(std::memory_order_acquire) >= held) {
+    wait_value = held;  // released on the consumer's stream, maybe not executed yet
+    return true;
+  }
+  return false;
+}
+
+bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
+  auto& meta = control_.slots[slot];
+  std::vector<std::uint64_t> waits(subs_.size(), 0);
+  auto all_free = [&] {
+    for (std::size_t i = 0; i < subs_.size(); ++i) {
+      if (!slot_free(slot, waits[i], *subs_[i])) return false;
+    }
+    return true;
+  };
+  if (!all_free()) return false;
+  // Invalidate the slot, then look at the holds again: a consumer that claims concurrently
+  // either sees seq 0 and retries, or we see its hold (both sides use seq_cst).
+  std::uint64_t prev = meta.seq.exchange(0, std::memory_order_seq_cst);
+  if (!all_free()) {
+    meta.seq.store(prev, std::memory_order_seq_cst);
+    return false;
+  }
+  for (std::size_t i = 0; i < subs_.size(); ++i) {
+    if (waits[i]) transport_->wait_released(stream, subs_[i]->view, slot, waits[i]);
+  }
+  return true;
+}
+
+std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
+  const std::int64_t deadline = platform::monotonic_ns() +
+                                std::chrono::duration_cast<std::chrono::nanoseconds>(spec_.acquire_timeout).count();
+  std::int64_t backoff_ns = 2000;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (std::uint32_t i = 1; i <= spec_.slots; ++i) {
+        std::uint32_t k = (last_slot_ + i) % spec_.slots;
+        if (try_claim(k, stream)) {
+          last_slot_ = k;
+          return SlotLease{transport_->slot_data(k), spec_.frame_bytes(), k, next_seq_};
+        }
+      }
+    }
+    if (platform::monotonic_ns() >= deadline) {
+      control_.dropped.fetch_add(1, std::memory_order_relaxed);
+      return std::nullopt;
+    }
+    std::this_thread::sleep_for(std::chrono::nanoseconds(backoff_ns));
+    backoff_ns = std::min<std::int64_t>(backoff_ns * 2, 200000);
+  }
+}
+
+void Publisher::publish(const SlotLease& lease, const FrameInfo& info, GpuStream stream) {
+  DP_EXPECTS(lease.seq == next_seq_ && lease.slot < spec_.slots, "publish() of a lease that acquire() did not hand out");
+  transport_->signal_ready(stream, lease.slot, lease.seq);
+  auto& meta = control_.slots[lease.slot];
+  std::int64_t now = platform::monotonic_ns();
+  meta.frame_id.store(info.frame_id, std::memory_order_relaxed);
+  meta.t_source_ns.store(static_cast<std::uint64_t>(info.t_source_ns ? info.t_source_ns : now), std::memory_order_relaxed);
+  meta.t_publish_ns.store(static_cast<std::uint64_t>(now), std::memory_order_relaxed);
+  meta.checksum.store(info.checksum, std::memory_order_relaxed);
+  meta.flags.store(0, std::memory_order_relaxed);
+  meta.seq.store(lease.seq, std::memory_order_release);
+  control_.latest_slot.store(lease.slot, std::memory_order_relaxed);
+  control_.latest_seq.store(lease.seq, std::memory_order_release);
+  control_.published.fetch_add(1, std::memory_order_relaxed);
+  fence::host_wake(control_.latest_seq);
+  ++next_seq_;
+}
+
+void Publisher::abandon(const SlotLease& lease) {
+  DP_EXPECTS(lease.seq == next_seq_, "abandon() of a lease that acquire() did not hand out");
+  // The slot stays invalid (seq 0): its old frame may be partly overwritten.
+}
+
+Publisher::Counters Publisher::counters() const {
+  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load()};
+}
+
+nlohmann::json Publisher::describe() const {
+  auto j = spec_to_json(spec_);
+  j["control_index"] = control_index_;
+  j["slot_stride"] = transport_->slot_stride();
+  for (auto& [k, v] : transport_->describe().items()) j[k] = v;
+  return j;
+}
+
+nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const std::string& client,
+                                           platform::UniqueFd release_page, std::vector<int>& fds_out) {
+  auto s = std::make_unique<Subscription>();
+  s->connection_id = connection_id;
+  s->client = client;
+  s->fd = release_page.dup();
+  s->mapping = platform::Segment::map_fd(std::move(release_page), protocol::kFencePageBytes, platform::Access::read_only);
+  s->view.records = static_cast<const ReleaseRecord*>(s->mapping.data());
+  transport_->attach(s->view, s->mapping);
+  fds_out = transport_->export_fds();
+  std::lock_guard<std::mutex> lock(mu_);
+  s->id = next_sub_id_++;
+  auto reply = describe();
+  reply["op"] = "subscribed";
+  reply["subscription"] = s->id;
+  subs_.push_back(std::move(s));
+  control_.subscribers.store(subs_.size());
+  return reply;
+}
+
+void Publisher::release_dead(Subscription& s) noexcept {
+  // A dead consumer can no longer signal: write its pending "released" words ourselves so that
+  // no wait of ours (CPU or GPU) stays blocked on it (DESIGN §3 exception to single-writer).
+  try {
+    auto rw = platform::Segment::map_fd(s.fd.dup(), protocol::kFencePageBytes, platform::Access::read_write);
+    auto* recs = static_cast<ReleaseRecord*>(rw.data());
+    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+      std::uint64_t held = recs[k].held.load();
+      if (held) fence::host_signal(recs[k].released, held);
+    }
+  } catch (const std::exception& e) {
+    log_cleanup_failure(std::string("releasing a dead consumer's fences: ") + e.what());
+  }
+}
+
+void Publisher::drop_connection(std::uint64_t connection_id) noexcept {
+  std::vector<std::unique_ptr<Subscription>> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = subs_.begin(); it != subs_.end();) {
+      if ((*it)->connection_id == connection_id) {
+        gone.push_back(std::move(*it));
+        it = subs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    control_.subscribers.store(subs_.size());
+    for (auto& s : gone) release_dead(*s);
+  }
+  // GPU work enqueued earlier may still wait on these pages: they were released above, and the
+  // transport keeps its registration until that work has drained.
+  for (auto& s : gone) transport_->detach(s->view, std::move(s->mapping));
+}
+
+nlohmann::json Publisher::consumers() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  nlohmann::json out = nlohmann::json::array();
+  for (auto& s : subs_) {
+    nlohmann::json held = nlohmann::json::array();
+    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+      auto h = s->view.records[k].held.load();
+      if (h && s->view.records[k].released.load() < h) held.push_back(h);
+    }
+    out.push_back({{"subscription", s->id}, {"client", s->client}, {"connection", s->connection_id}, {"holding", held}});
+  }
+  return out;
+}
+
+// ============================================================== Subscriber
+
+struct Subscriber::Connection {
+  std::uint32_t generation = 0;
+  StreamSpec spec;
+  ManifestReader manifest;
+  const protocol::ControlBlock* control = nullptr;
+  BrokerClient client;
+  platform::Segment page;  // our release page (we are its only writer)
+  std::unique_ptr<ConsumerTransport> transport;
+  std::uint64_t dropped_base = 0;
+  std::size_t held = 0;
+  std::vector<std::uint64_t> invalid_seqs;  // frames invalidated by the producer's death
+  ReleaseRecord& record(std::uint32_t slot) { return static_cast<ReleaseRecord*>(page.data())[slot]; }
+};
+
+Subscriber::Subscriber(const std::string& node, const std::string& stream, SubscribeOptions opts)
+    : node_(node), stream_(stream), opts_(std::move(opts)) {
+  if (opts_.domain.empty()) opts_.domain = default_domain();
+  validate_name("node name", node_);
+  validate_name("stream name", stream_);
+  connect();
+}
+
+Subscriber::~Subscriber() = default;
+Subscriber::Subscriber(Subscriber&&) noexcept = default;
+Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
+
+const StreamSpec& Subscriber::spec() const {
+  if (conn_) return conn_->spec;
+  DP_EXPECTS(!retired_.empty(), "subscriber has no connection");
+  return retired_.back()->spec;
+}
+
+void Subscriber::connect() {
+  auto c = std::make_unique<Connection>();
+  c->manifest = ManifestReader::open(opts_.domain, node_);
+  if (c->manifest.liveness() == Liveness::dead) {
+    throw PeerGoneError("node '" + node_ + "' is dead (pid " + std::to_string(c->manifest.owner().pid) +
+                        "); its manifest is litter that discovery will remove");
+  }
+  auto doc = c->manifest.json();
+  const nlohmann::json* entry = nullptr;
+  std::string names;
+  for (auto& s : doc["streams"]) {
+    if (s["name"] == stream_) entry = &s;
+    names += (names.empty() ? "" : ", ") + s["name"].get<std::string>();
+  }
+  if (!entry) {
+    throw Error("node '" + node_ + "' publishes no stream '" + stream_ + "' (it publishes: " +
+                (names.empty() ? "nothing" : names) + ")");
+  }
+  c->spec = spec_from_json(*entry);
+  c->client = BrokerClient::connect(doc["broker"].get<std::string>(), opts_.client_name, c->manifest.owner(),
+                                    opts_.connect_timeout);
+  c->page = platform::Segment::create_anonymous("dp-release-" + stream_, protocol::kFencePageBytes, false);
+  for (std::uint32_t k = 0; k < protocol::kMaxSlots; ++k) new (&c->record(k)) ReleaseRecord{};
+  auto reply = c->client.request({{"op", "subscribe"}, {"stream", stream_}}, {c->page.fd().get()}, opts_.connect_timeout);
+  // Trust nothing the producer says until it agrees with its own manifest.
+  StreamSpec replied = spec_from_json(reply.body);
+  if (spec_to_json(replied) != spec_to_json(c->spec)) throw ValidationError("producer's reply disagrees with its manifest");
+  auto idx = reply.body.at("control_index").get<std::uint32_t>();
+  if (idx != entry->at("control_index").get<std::uint32_t>()) throw ValidationError("control index mismatch");
+  c->control = &c->manifest.control(idx);
+  if (c->control->slot_count != c->spec.slots) throw ValidationError("control block slot count disagrees with the manifest");
+  TransportImport imp;
+  imp.spec = &c->spec;
+  imp.slot_stride = reply.body.at("slot_stride").get<std::size_t>();
+  if (imp.slot_stride < c->spec.frame_bytes()) throw ValidationError("slot stride smaller than a frame");
+  imp.description = reply.body;
+  imp.fds = std::move(reply.fds);
+  imp.release_page = &c->page;
+  c->transport = make_consumer_transport(std::move(imp));
+  c->generation = ++generation_;
+  c->dropped_base = c->control->dropped.load();
+  std::uint64_t latest = c->control->latest_seq.load(std::memory_order_acquire);
+  last_seq_ = latest ? latest - 1 : 0;
+  conn_ = std::move(c);
+  last_check_ns_ = platform::monotonic_ns();
+}
+
+void Subscriber::producer_died() noexcept {
+  if (!conn_) return;
+  for (std::uint32_t k = 0; k < conn_->spec.slots; ++k) {
+    auto& r = conn_->record(k);
+    std::uint64_t held = r.held.load();
+    if (!held || r.released.load() >= held) continue;
+    if (conn_->transport->ready_value(k) < held) {
+      conn_->invalid_seqs.push_back(held);
+      ++counters_.invalidated;
+      conn_->transport->force_ready(k, held);
+    }
+  }
+  if (conn_->held > 0) retired_.push_back(std::move(conn_));
+  conn_.reset();
+  next_reconnect_ns_ = 0;
+}
+
+bool Subscriber::check_producer() {
+  std::int64_t now = platform::monotonic_ns();
+  if (conn_) {
+    if (now - last_check_ns_ < 1000000) return true;  // check the socket at most every 1 ms
+    last_check_ns_ = now;
+    if (!conn_->client.peer_gone()) {
+      counters_.dropped = conn_->control->dropped.load() - conn_->dropped_base;
+      return true;
+    }
+    producer_died();
+  }
+  if (now < next_reconnect_ns_) return false;
+  next_reconnect_ns_ = now + std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.reconnect_interval).count();
+  try {
+    connect();
+    ++counters_.reconnects;
+    return true;
+  } catch (const Error&) {
+    return false;  // not back yet
+  }
+}
+
+Subscriber::State Subscriber::state() {
+  return check_producer() ? State::connected : State::producer_gone;
+}
+
+std::optional<Frame> Subscriber::claim(std::uint64_t seq, GpuStream stream) {
+  auto& c = *conn_;
+  for (std::uint32_t k = 0; k < c.spec.slots; ++k) {
+    const auto& meta = c.control->slots[k];
+    if (meta.seq.load(std::memory_order_acquire) != seq) continue;
+    auto& rec = c.record(k);
+    std::uint64_t h0 = rec.held.load(std::memory_order_relaxed);
+    rec.held.store(seq, std::memory_order_seq_cst);
+    if (meta.seq.load(std::memory_order_seq_cst) != seq) {
+      rec.held.store(h0, std::memory_order_seq_cst);  // the producer is rewriting it
+      return std::nullopt;
+    }
+    Frame f;
+    f.data = c.transport->slot_data(k);
+    f.bytes = c.spec.frame_bytes();
+    f.seq = seq;
+    f.frame_id = meta.frame_id.load(std::memory_order_relaxed);
+    f.t_source_ns = static_cast<std::int64_t>(meta.t_source_ns.load(std::memory_order_relaxed));
+    f.t_publish_ns = static_cast<std::int64_t>(meta.t_publish_ns.load(std::memory_order_relaxed));
+    f.checksum = meta.checksum.load(std::memory_order_relaxed);
+    f.slot = k;
+    f.generation = c.generation;
+    if (!c.transport->wait_ready(stream, k, seq, opts_.ready_timeout)) {
+      rec.held.store(h0, std::memory_order_seq_cst);
+      return std::nullopt;
+    }
+    if (last_seq_ && seq > last_seq_ + 1) counters_.missed += seq - last_seq_ - 1;
+    last_seq_ = seq;
+    ++counters_.received;
+    ++c.held;
+    return f;
+  }
+  return std::nullopt;
+}
+
+std::optional<Frame> Subscriber::latest(GpuStream stream) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    if (!check_producer()) return std::nullopt;
+    std::uint64_t l = conn_->control->latest_seq.load(std::memory_order_acquire);
+    if (l <= last_seq_) return std::nullopt;
+    if (auto f = claim(l, stream)) return f;
+  }
+  return std::nullopt;
+}
+
+std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStream stream) {
+  const std::int64_t deadline = platform::monotonic_ns() + timeout.count();
+  for (;;) {
+    if (check_producer()) {
+      std::uint64_t l = conn_->control->latest_seq.load(std::memory_order_acquire);
+      for (std::uint64_t s = last_seq_ + 1; s <= l; ++s) {
+        if (auto f = claim(s, stream)) return f;
+      }
+      std::int64_t left = deadline - platform::monotonic_ns();
+      if (left <= 0) return std::nullopt;
+      if (l > last_seq_) continue;  // frames exist but moved under us: look again
+      fence::host_wait_change(conn_->control->latest_seq, l,
+                              std::chrono::nanoseconds(std::min<std::int64_t>(left, 10000000)));
+    } else {
+      std::int64_t left = deadline - platform::monotonic_ns();
+      if (left <= 0) return std::nullopt;
+      std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<std::int64_t>(
+          left, std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.reconnect_interval).count())));
+    }
+  }
+}
+
+void Subscriber::release(const Frame& f, GpuStream stream) {
+  if (conn_ && f.generation == conn_->generation) {
+    auto& rec = conn_->record(f.slot);
+    DP_EXPECTS(f.slot < conn_->spec.slots && rec.held.load() == f.seq, "release() of a frame this subscriber does not hold");
+    rec.release_enqueued.store(f.seq, std::memory_order_release);
+    conn_->transport->signal_released(stream, rec, f.seq);
+    --conn_->held;
+    return;
+  }
+  // A frame from a producer instance that has died: nobody waits for its release.
+  for (auto it = retired_.begin(); it != retired_.end(); ++it) {
+    if ((*it)->generation == f.generation) {
+      if (--(*it)->held == 0) retired_.erase(it);
+      return;
+    }
+  }
+  throw PreconditionError("release() of a frame this subscriber does not hold");
+}
+
+bool Subscriber::is_valid(const Frame& f) const {
+  if (conn_ && f.generation == conn_->generation) return true;
+  for (auto& r : retired_) {
+    if (r->generation == f.generation) {
+      return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end();
+    }
+  }
+  return false;
+}
+
+}  // namespace dp

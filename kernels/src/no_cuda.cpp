@@ -1,0 +1,12 @@
+// Built without CUDA: the GPU entry points say so.
+#include "directport/core/error.hpp"
+#include "directport/kernels/checksum.hpp"
+
+namespace dp::kernels {
+namespace {
+[[noreturn]] void no_cuda() { throw CudaError("this build has no CUDA (DIRECTPORT_WITH_CUDA=OFF)"); }
+}  // namespace
+void fill_gpu(void*, std::size_t, std::uint64_t, GpuStream) { no_cuda(); }
+void checksum_gpu(const void*, std::size_t, std::uint64_t*, GpuStream) { no_cuda(); }
+void poke_gpu(void*, std::uint64_t, GpuStream) { no_cuda(); }
+}  // namespace dp::kernels
