@@ -1,0 +1,105 @@
+// `directport doctor`: what this machine has and lacks for the host and GPU paths, and why.
+#include <sys/utsname.h>
+#include <sys/statvfs.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.hpp"
+#include "directport/core/error.hpp"
+#include "directport/cuda/device.hpp"
+#include "directport/platform/shm.hpp"
+#include "directport/platform/socket.hpp"
+
+namespace dp::cli {
+namespace {
+
+nlohmann::json check(const char* what, bool ok, const std::string& detail) {
+  return {{"check", what}, {"ok", ok}, {"detail", detail}};
+}
+
+nlohmann::json host_checks() {
+  nlohmann::json out = nlohmann::json::array();
+  utsname u{};
+  uname(&u);
+  out.push_back(check("kernel", true, std::string(u.sysname) + " " + u.release));
+  struct statvfs vfs {};
+  bool shm = statvfs("/dev/shm", &vfs) == 0;
+  out.push_back(check("/dev/shm", shm,
+                      shm ? std::to_string(vfs.f_bavail * vfs.f_frsize >> 20) + " MiB free"
+                          : "missing: POSIX shared memory (manifests) needs a tmpfs at /dev/shm"));
+  try {
+    auto seg = platform::Segment::create_anonymous("dp-doctor", 4096, true);
+    out.push_back(check("memfd sealing", seg.sealed(),
+                        seg.sealed() ? "F_SEAL_FUTURE_WRITE: consumers can only map host streams read-only"
+                                     : "kernel lacks F_SEAL_FUTURE_WRITE (Linux < 5.1): host streams are not write-protected"));
+    auto [a, b] = platform::LocalSocket::pair();
+    a.send("ping", {seg.fd().get()});
+    auto m = b.receive(std::chrono::milliseconds(1000));
+    bool ok = m && m->fds.size() == 1;
+    auto cred = a.peer_credentials();
+    out.push_back(check("fd passing (SCM_RIGHTS)", ok, ok ? "works" : "descriptor did not arrive"));
+    out.push_back(check("peer credentials (SO_PEERCRED)", cred.pid > 0, "pid " + std::to_string(cred.pid)));
+  } catch (const Error& e) {
+    out.push_back(check("host IPC", false, e.what()));
+  }
+  return out;
+}
+
+}  // namespace
+
+void add_doctor(CLI::App& app, int& exit_code) {
+  auto* cmd = app.add_subcommand("doctor", "Report what this machine supports (host IPC, CUDA VMM, fences) and why not");
+  struct Opts {
+    bool json = false, no_measure = false;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_flag("--json", o->json, "Print the report as JSON");
+  cmd->add_flag("--no-measure", o->no_measure, "Skip the fence round-trip measurement on the GPU");
+  cmd->callback([&exit_code, o] {
+    nlohmann::json r{{"host", host_checks()}, {"cuda", cuda::probe(!o->no_measure)}};
+    bool host_ok = true;
+    for (auto& c : r["host"]) host_ok = host_ok && (c["ok"] || c["check"] == "memfd sealing");
+    const auto& c = r["cuda"];
+    bool gpu = c.value("usable", false);
+    r["verdict"] = {{"host_backend", host_ok}, {"gpu_path", gpu}};
+    if (o->json) {
+      std::cout << r.dump(2) << "\n";
+    } else {
+      std::cout << "Host backend\n";
+      for (auto& h : r["host"]) {
+        std::printf("  [%s] %-32s %s\n", h["ok"].get<bool>() ? " ok " : "FAIL", h["check"].get<std::string>().c_str(),
+                    h["detail"].get<std::string>().c_str());
+      }
+      std::cout << "GPU path\n";
+      if (!c.value("built_with_cuda", false) || !gpu) {
+        std::printf("  [ -- ] unavailable: %s\n", c.value("reason", std::string("?")).c_str());
+        std::printf("         Streams with memory 'host' work here; 'cuda-vmm'/'cuda-ipc' need an NVIDIA GPU and driver.\n");
+      } else {
+        std::printf("  driver %d, runtime %d, %d device(s); memory kind in use: %s\n", c["driver_version"].get<int>(),
+                    c["runtime_version"].get<int>(), c["device_count"].get<int>(),
+                    c["memory_kind"].get<std::string>().c_str());
+        for (auto& d : c["devices"]) {
+          auto yn = [&](const char* k) { return d.value(k, false) ? "yes" : "NO"; };
+          std::printf("  [%d] %s %s\n      VMM %s, POSIX-FD export %s, 64-bit mem-ops %s, host register %s, "
+                      "read-only host register %s, legacy IPC %s\n",
+                      d["index"].get<int>(), d["name"].get<std::string>().c_str(), d["uuid"].get<std::string>().c_str(),
+                      yn("vmm"), yn("posix_fd"), yn("memops_64"), yn("host_register"), yn("read_only_host_register"),
+                      yn("ipc"));
+        }
+        if (c.contains("fences")) {
+          std::printf("  fence CPU->GPU->CPU hop p50: %.2f us; GPU<->GPU ping-pong: <= %.2f us per round trip\n",
+                      c["fences"]["cpu_gpu_cpu_hop_us_p50"].get<double>(),
+                      c["fences"]["gpu_gpu_pingpong_drain_us_per_round_trip_upper_bound"].get<double>());
+        }
+      }
+      std::printf("Verdict: host backend %s; GPU path %s\n", host_ok ? "ready" : "BROKEN", gpu ? "ready" : "unavailable");
+    }
+    exit_code = host_ok ? 0 : 1;
+  });
+}
+
+}  // namespace dp::cli

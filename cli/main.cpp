@@ -1,1 +1,32 @@
-int main(){return 0;}
+// `directport`: one binary for every tool of the fabric (DESIGN §8).
+#include <cstdio>
+#include <exception>
+
+#include "commands.hpp"
+#include "directport/core/error.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{"DirectPort: zero-copy GPU tensor sharing between processes, and the tools around it.\n"
+               "Domains isolate graphs (default: $DIRECTPORT_DOMAIN or 'default').",
+               "directport"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "directport 0.1.0");
+  int exit_code = 0;
+  dp::cli::add_doctor(app, exit_code);
+  dp::cli::add_ls(app, exit_code);
+  dp::cli::add_inspect(app, exit_code);
+  dp::cli::add_node(app, exit_code);
+  dp::cli::add_demo(app, exit_code);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const dp::Error& e) {
+    std::fprintf(stderr, "directport: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "directport: unexpected error: %s\n", e.what());
+    return 1;
+  }
+  return exit_code;
+}

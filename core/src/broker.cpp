@@ -144,7 +144,9 @@ void Broker::run() noexcept {
     auto c = std::move(conns[i]);
     conns.erase(conns.begin() + static_cast<std::ptrdiff_t>(i));
     connections_ = conns.size();
-    if (on_disconnect_ && c->greeted) {
+    // On our own shutdown the peers are alive: closing tells them, and nobody may write their
+    // fences on their behalf.
+    if (on_disconnect_ && c->greeted && !stop_) {
       try {
         on_disconnect_(c->peer);
       } catch (const std::exception& e) {

@@ -117,25 +117,23 @@ void Node::set_info(const std::string& key, nlohmann::json value) {
 }
 
 void Node::rewrite_manifest() {
-  nlohmann::json doc;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    doc = {{"abi", protocol::kAbiVersion},
-           {"name", opts_.name},
-           {"type", opts_.type},
-           {"version", "0.1.0"},
-           {"domain", opts_.domain},
-           {"pid", platform::self_identity().pid},
-           {"host", platform::hostname()},
-           {"broker", broker_ ? broker_->socket_name() : ""},
-           {"streams", nlohmann::json::array()},
-           {"subscriptions", subscriptions_},
-           {"info", opts_.info}};
-    for (auto& p : publishers_) {
-      auto s = p->describe();
-      s["consumers"] = p->consumers();
-      doc["streams"].push_back(std::move(s));
-    }
+  // Built and written under one lock, so that concurrent rewrites land in order.
+  std::lock_guard<std::mutex> lock(mu_);
+  nlohmann::json doc{{"abi", protocol::kAbiVersion},
+                     {"name", opts_.name},
+                     {"type", opts_.type},
+                     {"version", "0.1.0"},
+                     {"domain", opts_.domain},
+                     {"pid", platform::self_identity().pid},
+                     {"host", platform::hostname()},
+                     {"broker", broker_ ? broker_->socket_name() : ""},
+                     {"streams", nlohmann::json::array()},
+                     {"subscriptions", subscriptions_},
+                     {"info", opts_.info}};
+  for (auto& p : publishers_) {
+    auto s = p->describe();
+    s["consumers"] = p->consumers();
+    doc["streams"].push_back(std::move(s));
   }
   manifest_.set_json(doc);
 }

@@ -128,7 +128,8 @@ nlohmann::json Publisher::describe() const {
   auto j = spec_to_json(spec_);
   j["control_index"] = control_index_;
   j["slot_stride"] = transport_->slot_stride();
-  for (auto& [k, v] : transport_->describe().items()) j[k] = v;
+  const auto backend = transport_->describe();  // keep the temporary alive while iterating
+  for (auto& [k, v] : backend.items()) j[k] = v;
   return j;
 }
 

@@ -1,6 +1,7 @@
 // Built without CUDA: the GPU entry points say so.
 #include "directport/core/error.hpp"
 #include "directport/kernels/checksum.hpp"
+#include "directport/kernels/frame_check.hpp"
 
 namespace dp::kernels {
 namespace {
@@ -9,4 +10,6 @@ namespace {
 void fill_gpu(void*, std::size_t, std::uint64_t, GpuStream) { no_cuda(); }
 void checksum_gpu(const void*, std::size_t, std::uint64_t*, GpuStream) { no_cuda(); }
 void poke_gpu(void*, std::uint64_t, GpuStream) { no_cuda(); }
+void stamp_frame_gpu(void*, std::size_t, std::uint64_t, std::uint64_t, std::uint64_t*, GpuStream) { no_cuda(); }
+void verify_frame_gpu(const void*, std::size_t, std::uint64_t, std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
 }  // namespace dp::kernels

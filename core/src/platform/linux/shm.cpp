@@ -114,13 +114,14 @@ Segment Segment::create_anonymous(const std::string& debug_name, std::size_t siz
   s.addr_ = map(raw, size, Access::read_write, debug_name);
   s.size_ = size;
   if (seal_writes) {
-    DP_POSIX_CHECK(::fcntl(raw, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
-                   "sealing the size of " + debug_name);
     // F_SEAL_FUTURE_WRITE (Linux 5.1+) keeps our mapping writable and refuses new writable ones.
-    if (::fcntl(raw, F_ADD_SEALS, F_SEAL_FUTURE_WRITE) == 0) {
+    const int size_seals = F_SEAL_SHRINK | F_SEAL_GROW;
+    if (::fcntl(raw, F_ADD_SEALS, size_seals | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) == 0) {
       s.sealed_ = true;
-    } else if (errno != EINVAL && errno != EPERM) {
-      throw_system("sealing writes of " + debug_name, errno);
+    } else if (errno == EINVAL) {
+      DP_POSIX_CHECK(::fcntl(raw, F_ADD_SEALS, size_seals | F_SEAL_SEAL), "sealing the size of " + debug_name);
+    } else {
+      throw_system("sealing " + debug_name, errno);
     }
   }
   return s;

@@ -27,8 +27,8 @@ socklen_t make_address(const std::string& name, sockaddr_un& addr) {
   return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
 }
 
-UniqueFd new_socket() {
-  return UniqueFd(DP_POSIX_CHECK(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0),
+UniqueFd new_socket(int extra_flags = 0) {
+  return UniqueFd(DP_POSIX_CHECK(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | extra_flags, 0),
                                  "creating a local socket"));
 }
 
@@ -42,7 +42,8 @@ bool authorize_peer(const PeerCredentials& peer, std::uint32_t self_uid,
 }
 
 LocalSocket LocalSocket::listen(const std::string& name, int backlog) {
-  UniqueFd fd = new_socket();
+  // Non-blocking: accept() drains pending connections and returns nullopt when none is left.
+  UniqueFd fd = new_socket(SOCK_NONBLOCK);
   sockaddr_un addr{};
   socklen_t len = make_address(name, addr);
   DP_POSIX_CHECK(::bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), len),

@@ -1,0 +1,15 @@
+// Subcommands of the `directport` binary. Each registers its options on the CLI11 app and
+// returns the exit code through the callback it installs.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace dp::cli {
+
+void add_doctor(CLI::App& app, int& exit_code);
+void add_ls(CLI::App& app, int& exit_code);
+void add_inspect(CLI::App& app, int& exit_code);
+void add_node(CLI::App& app, int& exit_code);
+void add_demo(CLI::App& app, int& exit_code);
+
+}  // namespace dp::cli
