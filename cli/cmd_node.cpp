@@ -18,6 +18,7 @@
 #include "directport/core/names.hpp"
 #include "directport/core/node.hpp"
 #include "directport/cuda/device.hpp"
+#include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
 #include "directport/platform/process.hpp"
 #if DIRECTPORT_HAS_CUDA
@@ -161,6 +162,8 @@ int run_checksum_sink(const std::string& name, Params p) {
   auto timeout_s = p.get<double>("timeout_s", 10.0);
   auto hold_ms = p.get<double>("hold_ms", 0.0);
   auto domain = p.get<std::string>("domain", "");
+  // Test hook: write into the first frame received, which must fault (read-only mapping).
+  auto write_probe = p.get<bool>("write_probe", false);
   p.reject_unknown("checksum-sink");
 
   Node node({name, "checksum-sink", domain});
@@ -190,6 +193,17 @@ int run_checksum_sink(const std::string& name, Params p) {
     }
     last_frame = std::chrono::steady_clock::now();
     std::uint64_t result;
+    if (write_probe) {
+#if DIRECTPORT_HAS_CUDA
+      if (gpu) {
+        kernels::poke_gpu(const_cast<void*>(f->data), 42, gs);
+        cudaError_t rc = cudaStreamSynchronize(gpu->stream);
+        std::fprintf(stderr, "[%s] write into the read-only mapping: %s\n", name.c_str(), cudaGetErrorName(rc));
+        return rc == cudaSuccess ? 4 : 3;
+      }
+#endif
+      throw Error("write_probe needs a GPU stream");
+    }
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
       kernels::verify_frame_gpu(f->data, f->bytes, f->seq, gpu->dev, gpu->dev + 8, gs);
@@ -204,7 +218,10 @@ int run_checksum_sink(const std::string& name, Params p) {
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
       sub.release(*f);
     }
-    if (result == kernels::kFrameOk && sub.is_valid(*f)) {
+    if (!sub.is_valid(*f)) {
+      continue;  // the producer died before completing it: counted as invalidated, never accepted
+    }
+    if (result == kernels::kFrameOk) {
       ++ok;
     } else {
       ++bad;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <atomic>
 #include <thread>
 
 #include "directport/core/error.hpp"
@@ -216,6 +217,43 @@ struct Subscriber::Connection {
   std::size_t held = 0;
   std::vector<std::uint64_t> invalid_seqs;  // frames invalidated by the producer's death
   ReleaseRecord& record(std::uint32_t slot) { return static_cast<ReleaseRecord*>(page.data())[slot]; }
+
+  // GPU subscriptions: our streams may wait on the producer's ready words while the application
+  // thread is blocked (e.g. in cudaStreamSynchronize). A watchdog notices the producer's death
+  // (EOF, or heartbeat stale) within kWatchdogPeriod and raises the ready words we wait on.
+  static constexpr std::chrono::milliseconds kWatchdogPeriod{20};
+  static constexpr std::chrono::seconds kStaleAfter{3};
+  std::thread watchdog;
+  std::atomic<bool> stop{false};
+  std::atomic<bool> dead{false};
+  std::atomic<std::uint64_t> forced_seq[protocol::kMaxSlots] = {};  // ready words we raised
+  bool forced(std::uint32_t k, std::uint64_t seq) const { return forced_seq[k].load() >= seq; }
+  void force(std::uint32_t k, std::uint64_t seq) noexcept {
+    forced_seq[k].store(seq);
+    transport->force_ready(k, seq);
+  }
+
+  void start_watchdog() {
+    watchdog = std::thread([this] {
+      while (!stop.load()) {
+        bool gone = dead.load() || client.peer_gone() ||
+                    manifest.heartbeat_age_ns() > std::chrono::nanoseconds(kStaleAfter).count();
+        if (gone) {
+          dead = true;
+          for (std::uint32_t k = 0; k < spec.slots; ++k) {
+            auto& r = record(k);
+            std::uint64_t held = r.held.load();
+            if (held && r.released.load() < held && transport->ready_value(k) < held) force(k, held);
+          }
+        }
+        std::this_thread::sleep_for(kWatchdogPeriod);
+      }
+    });
+  }
+  ~Connection() {
+    stop = true;
+    if (watchdog.joinable()) watchdog.join();
+  }
 };
 
 Subscriber::Subscriber(const std::string& node, const std::string& stream, SubscribeOptions opts)
@@ -279,20 +317,23 @@ void Subscriber::connect() {
   c->dropped_base = c->control->dropped.load();
   std::uint64_t latest = c->control->latest_seq.load(std::memory_order_acquire);
   last_seq_ = latest ? latest - 1 : 0;
+  if (c->spec.memory != MemoryKind::host) c->start_watchdog();
   conn_ = std::move(c);
   last_check_ns_ = platform::monotonic_ns();
 }
 
 void Subscriber::producer_died() noexcept {
   if (!conn_) return;
+  conn_->dead = true;
   for (std::uint32_t k = 0; k < conn_->spec.slots; ++k) {
     auto& r = conn_->record(k);
     std::uint64_t held = r.held.load();
     if (!held || r.released.load() >= held) continue;
-    if (conn_->transport->ready_value(k) < held) {
+    // (The watchdog may have raised the word already: then the frame never got its data either.)
+    if (conn_->transport->ready_value(k) < held || conn_->forced(k, held)) {
       conn_->invalid_seqs.push_back(held);
       ++counters_.invalidated;
-      conn_->transport->force_ready(k, held);
+      if (!conn_->forced(k, held)) conn_->force(k, held);
     }
   }
   if (conn_->held > 0) retired_.push_back(std::move(conn_));
@@ -305,7 +346,7 @@ bool Subscriber::check_producer() {
   if (conn_) {
     if (now - last_check_ns_ < 1000000) return true;  // check the socket at most every 1 ms
     last_check_ns_ = now;
-    if (!conn_->client.peer_gone()) {
+    if (!conn_->dead.load() && !conn_->client.peer_gone()) {
       counters_.dropped = conn_->control->dropped.load() - conn_->dropped_base;
       return true;
     }
@@ -382,6 +423,12 @@ std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStrea
       std::int64_t left = deadline - platform::monotonic_ns();
       if (left <= 0) return std::nullopt;
       if (l > last_seq_) continue;  // frames exist but moved under us: look again
+      if (opts_.spin.count() > 0) {
+        const std::int64_t spin_until = platform::monotonic_ns() + std::min<std::int64_t>(left, opts_.spin.count() * 1000);
+        while (conn_->control->latest_seq.load(std::memory_order_acquire) == l && platform::monotonic_ns() < spin_until) {
+        }
+        if (conn_->control->latest_seq.load(std::memory_order_acquire) != l) continue;
+      }
       fence::host_wait_change(conn_->control->latest_seq, l,
                               std::chrono::nanoseconds(std::min<std::int64_t>(left, 10000000)));
     } else {

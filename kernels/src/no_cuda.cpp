@@ -2,6 +2,7 @@
 #include "directport/core/error.hpp"
 #include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
+#include "directport/kernels/timing.hpp"
 
 namespace dp::kernels {
 namespace {
@@ -12,4 +13,6 @@ void checksum_gpu(const void*, std::size_t, std::uint64_t*, GpuStream) { no_cuda
 void poke_gpu(void*, std::uint64_t, GpuStream) { no_cuda(); }
 void stamp_frame_gpu(void*, std::size_t, std::uint64_t, std::uint64_t, std::uint64_t*, GpuStream) { no_cuda(); }
 void verify_frame_gpu(const void*, std::size_t, std::uint64_t, std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
+void stamp_time_gpu(std::uint64_t*, std::uint64_t, GpuStream) { no_cuda(); }
+void measure_since_gpu(const std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
 }  // namespace dp::kernels

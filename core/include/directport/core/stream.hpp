@@ -87,6 +87,9 @@ struct SubscribeOptions {
   std::chrono::milliseconds reconnect_interval{20};
   // Bound for CPU waits on a frame's ready fence (host backend).
   std::chrono::milliseconds ready_timeout{1000};
+  // next() polls for a new frame this long before sleeping in the kernel: lower latency for
+  // one busy core.
+  std::chrono::microseconds spin{0};
 };
 
 class Subscriber {

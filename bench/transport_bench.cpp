@@ -1,0 +1,324 @@
+// dp_bench_transport: DirectPort's GPU handoff between processes, measured in one run on one card.
+//
+//   dp_bench_transport [--sizes 4K,1M,...] [--consumers 1,8] [--frames N] [--json FILE]
+//
+// For each size and consumer count it starts one producer and K consumer processes (this binary,
+// re-executed with --role). The producer stamps %globaltimer into each frame with a kernel just
+// before publish(); each consumer's kernel, enqueued after next() on its own stream, reads the
+// clock again: the difference is the publish -> consumer-can-read one-way latency from GPU
+// timestamps. A paced phase gives latency; an unpaced phase gives publishes per second. CPU time
+// per acquire/publish/next/release is measured with the monotonic clock around each call.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+#include <nlohmann/json.hpp>
+
+#include "directport/core/discovery.hpp"
+#include "directport/core/node.hpp"
+#include "directport/cuda/device.hpp"
+#include "directport/cuda/driver.hpp"
+#include "directport/kernels/timing.hpp"
+#include "directport/platform/process.hpp"
+
+using namespace dp;
+
+namespace {
+
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+std::uint64_t parse_size(const std::string& s) {
+  char unit = s.back();
+  std::uint64_t mul = unit == 'K' ? 1024 : unit == 'M' ? 1 << 20 : unit == 'G' ? 1ull << 30 : 1;
+  return std::stoull(mul == 1 ? s : s.substr(0, s.size() - 1)) * mul;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');) out.push_back(x);
+  return out;
+}
+
+struct Args {
+  std::string role = "driver", domain, sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8", json;
+  std::uint64_t bytes = 0, frames = 2000, k = 1;
+  int index = 0;
+};
+
+int producer(const Args& a) {
+  cuda::use_device(0);
+  StreamSpec spec{"bench", DType::u8, {static_cast<std::int64_t>(a.bytes)}, 3, MemoryKind::cuda_vmm, FenceKind::cuda_memop};
+  spec.acquire_timeout = std::chrono::milliseconds(50);
+  Node node({"producer", "bench-producer", a.domain});
+  auto& pub = node.advertise(spec);
+  node.set_running();
+  cudaStream_t s;
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  auto gs = reinterpret_cast<GpuStream>(s);
+  while (pub.counters().subscribers < a.k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  std::vector<double> acq_us, pub_us;
+  auto one = [&](bool timed) {
+    auto t0 = platform::monotonic_ns();
+    auto lease = pub.acquire(gs);
+    auto t1 = platform::monotonic_ns();
+    if (!lease) return false;
+    kernels::stamp_time_gpu(static_cast<std::uint64_t*>(lease->data), lease->seq, gs);
+    auto t2 = platform::monotonic_ns();
+    pub.publish(*lease, {lease->seq, 0, 0}, gs);
+    auto t3 = platform::monotonic_ns();
+    if (timed) {
+      acq_us.push_back((t1 - t0) / 1e3);
+      pub_us.push_back((t3 - t2) / 1e3);
+    }
+    return true;
+  };
+  // Phase 1, paced: one frame every 200 us, so that each is seen alone (latency).
+  for (std::uint64_t i = 0; i < a.frames; ++i) {
+    one(true);
+    auto until = platform::monotonic_ns() + 200000;
+    while (platform::monotonic_ns() < until) {
+    }
+  }
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
+  // Phase 2, unpaced: publishes per second with the consumers keeping up as they can.
+  auto published0 = pub.counters().published;
+  auto t0 = platform::monotonic_ns();
+  for (std::uint64_t i = 0; i < a.frames; ++i) one(false);
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
+  double secs = (platform::monotonic_ns() - t0) / 1e9;
+  auto c = pub.counters();
+  std::cout << nlohmann::json{{"role", "producer"},
+                              {"acquire_cpu_us_p50", pct(acq_us, 0.5)},
+                              {"publish_cpu_us_p50", pct(pub_us, 0.5)},
+                              {"publishes_per_s", (c.published - published0) / secs},
+                              {"dropped", c.dropped}}
+                   .dump()
+            << std::endl;
+  // Stay until the consumers are done with our memory (they hold the last frames).
+  while (pub.counters().subscribers > 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  cudaStreamDestroy(s);
+  return 0;
+}
+
+int consumer(const Args& a) {
+  cuda::use_device(0);
+  cudaStream_t s;
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  auto gs = reinterpret_cast<GpuStream>(s);
+  std::uint64_t* host = nullptr;
+  const std::size_t n = a.frames * 2;
+  DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), n * 2 * sizeof(std::uint64_t), cudaHostAllocMapped));
+  std::uint64_t* dev = nullptr;
+  DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
+  SubscribeOptions o;
+  o.domain = a.domain;
+  o.client_name = "consumer" + std::to_string(a.index);
+  o.spin = std::chrono::microseconds(2000);
+  Subscriber sub("producer", "bench", o);
+  std::vector<double> next_us, rel_us;
+  std::size_t got = 0;
+  std::vector<std::uint64_t> paced_seq;
+  while (got < n) {
+    auto t0 = platform::monotonic_ns();
+    auto f = sub.next(std::chrono::seconds(5), gs);
+    auto t1 = platform::monotonic_ns();
+    if (!f) break;
+    kernels::measure_since_gpu(static_cast<const std::uint64_t*>(f->data), dev + 2 * got, gs);
+    auto t2 = platform::monotonic_ns();
+    sub.release(*f, gs);
+    auto t3 = platform::monotonic_ns();
+    if (f->seq <= a.frames) {
+      next_us.push_back((t1 - t0) / 1e3);
+      rel_us.push_back((t3 - t2) / 1e3);
+      paced_seq.push_back(got);
+    }
+    ++got;
+  }
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
+  std::vector<double> lat;
+  for (auto i : paced_seq) lat.push_back(host[2 * i] / 1e3);
+  // Drop the first frames (first-touch of the mapping) from the latency sample.
+  if (lat.size() > 20) lat.erase(lat.begin(), lat.begin() + 10);
+  auto c = sub.counters();
+  std::cout << nlohmann::json{{"role", "consumer"},           {"index", a.index},
+                              {"frames", got},                {"latency_us_p50", pct(lat, 0.5)},
+                              {"latency_us_p99", pct(lat, 0.99)}, {"next_cpu_us_p50", pct(next_us, 0.5)},
+                              {"release_cpu_us_p50", pct(rel_us, 0.5)}, {"missed", c.missed}}
+                   .dump()
+            << std::endl;
+  cudaFreeHost(host);
+  cudaStreamDestroy(s);
+  return 0;
+}
+
+// Runs this binary with `args`, capturing stdout.
+struct Child {
+  pid_t pid;
+  int out;
+};
+Child spawn(const std::vector<std::string>& args) {
+  int p[2];
+  if (pipe(p) != 0) throw SystemError("pipe", errno);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(p[1], 1);
+    close(p[0]);
+    std::vector<char*> argv;
+    static std::string self = "/proc/self/exe";
+    argv.push_back(self.data());
+    for (auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
+    argv.push_back(nullptr);
+    execv("/proc/self/exe", argv.data());
+    _exit(127);
+  }
+  close(p[1]);
+  return {pid, p[0]};
+}
+std::string collect(Child c, int& status) {
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(c.out, buf, sizeof buf)) > 0;) out.append(buf, n);
+  close(c.out);
+  waitpid(c.pid, &status, 0);
+  return out;
+}
+
+int driver_main(const Args& a) {
+  auto probe = cuda::probe(false);
+  if (!probe.value("usable", false)) {
+    std::fprintf(stderr, "dp_bench_transport: no usable GPU: %s\n", probe.value("reason", std::string("?")).c_str());
+    return 2;
+  }
+  std::string card = probe["devices"][0]["name"];
+  std::printf("DirectPort transport benchmark on %s (cuda-vmm memory, cuda-memop fences)\n", card.c_str());
+  std::printf("%10s %4s %10s %10s %12s %10s %10s %10s %10s\n", "size", "K", "p50 us", "p99 us", "publish/s",
+              "acq cpu", "pub cpu", "next cpu", "rel cpu");
+  nlohmann::json rows = nlohmann::json::array();
+  for (auto& ks : split(a.consumers)) {
+    for (auto& ss : split(a.sizes)) {
+      std::uint64_t bytes = parse_size(ss), k = std::stoull(ks);
+      std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
+      std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks;
+      std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
+                                      std::to_string(frames), "--k", ks};
+      auto pa = common;
+      pa.insert(pa.begin(), {"--role", "producer"});
+      Child prod = spawn(pa);
+      for (int i = 0; i < 500; ++i) {
+        bool up = false;
+        for (auto& nd : list_nodes(domain)) up = up || nd.state == protocol::NodeState::running;
+        if (up) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      std::vector<Child> cons;
+      for (std::uint64_t i = 0; i < k; ++i) {
+        auto ca = common;
+        ca.insert(ca.begin(), {"--role", "consumer", "--index", std::to_string(i)});
+        cons.push_back(spawn(ca));
+      }
+      std::vector<nlohmann::json> cj;
+      bool ok = true;
+      for (auto& c : cons) {
+        int st = 0;
+        auto out = collect(c, st);
+        ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+        auto j = nlohmann::json::parse(out, nullptr, false);
+        if (!j.is_discarded()) cj.push_back(j);
+      }
+      int st = 0;
+      auto pj = nlohmann::json::parse(collect(prod, st), nullptr, false);
+      ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !pj.is_discarded() && cj.size() == k;
+      if (!ok) {
+        std::printf("%10s %4s FAILED (a process exited badly)\n", ss.c_str(), ks.c_str());
+        rows.push_back({{"bytes", bytes}, {"consumers", k}, {"ok", false}});
+        continue;
+      }
+      std::vector<double> p50, p99, nx, rl;
+      for (auto& c : cj) {
+        p50.push_back(c["latency_us_p50"]);
+        p99.push_back(c["latency_us_p99"]);
+        nx.push_back(c["next_cpu_us_p50"]);
+        rl.push_back(c["release_cpu_us_p50"]);
+      }
+      nlohmann::json row{{"bytes", bytes},
+                         {"consumers", k},
+                         {"ok", true},
+                         {"card", card},
+                         {"latency_us_p50", pct(p50, 0.5)},
+                         {"latency_us_p99", *std::max_element(p99.begin(), p99.end())},
+                         {"publishes_per_s", pj["publishes_per_s"]},
+                         {"acquire_cpu_us_p50", pj["acquire_cpu_us_p50"]},
+                         {"publish_cpu_us_p50", pj["publish_cpu_us_p50"]},
+                         {"next_cpu_us_p50", pct(nx, 0.5)},
+                         {"release_cpu_us_p50", pct(rl, 0.5)},
+                         {"dropped", pj["dropped"]},
+                         {"per_consumer", cj}};
+      std::printf("%10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", ss.c_str(), ks.c_str(),
+                  row["latency_us_p50"].get<double>(), row["latency_us_p99"].get<double>(),
+                  row["publishes_per_s"].get<double>(), row["acquire_cpu_us_p50"].get<double>(),
+                  row["publish_cpu_us_p50"].get<double>(), row["next_cpu_us_p50"].get<double>(),
+                  row["release_cpu_us_p50"].get<double>());
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+  }
+  if (!a.json.empty()) {
+    std::ofstream(a.json) << nlohmann::json{{"card", card}, {"benchmark", "transport"}, {"rows", rows}}.dump(2) << "\n";
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "dp_bench_transport: %s needs a value\n", k.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (k == "--role") a.role = val();
+    else if (k == "--domain") a.domain = val();
+    else if (k == "--sizes") a.sizes = val();
+    else if (k == "--consumers") a.consumers = val();
+    else if (k == "--json") a.json = val();
+    else if (k == "--bytes") a.bytes = std::stoull(val());
+    else if (k == "--frames") a.frames = std::stoull(val());
+    else if (k == "--k") a.k = std::stoull(val());
+    else if (k == "--index") a.index = std::stoi(val());
+    else if (k == "--help" || k == "-h") {
+      std::printf("usage: dp_bench_transport [--sizes 4K,1M,1G] [--consumers 1,8] [--frames N] [--json FILE]\n");
+      return 0;
+    } else {
+      std::fprintf(stderr, "dp_bench_transport: unknown option '%s' (see --help)\n", k.c_str());
+      return 2;
+    }
+  }
+  try {
+    if (a.role == "producer") return producer(a);
+    if (a.role == "consumer") return consumer(a);
+    return driver_main(a);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dp_bench_transport (%s): %s\n", a.role.c_str(), e.what());
+    return 1;
+  }
+}

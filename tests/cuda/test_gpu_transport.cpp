@@ -1,0 +1,208 @@
+// GPU suite of the CUDA transport (label gpu): producer and consumers are separate processes
+// (`directport node pattern-source|checksum-sink`) exchanging self-verifying frames (seq + random
+// fill + checksum, checked on the GPU by each consumer) through cuda-vmm memory and mem-op fences.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "directport/core/discovery.hpp"
+#include "directport/cuda/device.hpp"
+#include "directport/platform/process.hpp"
+#if DIRECTPORT_HAS_CUDA
+#include "directport/cuda/driver.hpp"
+#endif
+
+namespace {
+
+struct Proc {
+  pid_t pid = -1;
+  int out = -1;
+};
+
+Proc spawn(const std::vector<std::string>& args) {
+  int p[2];
+  EXPECT_EQ(pipe(p), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    dup2(p[1], 1);
+    close(p[0]);
+    std::vector<char*> argv{const_cast<char*>(DP_CLI)};
+    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(DP_CLI, argv.data());
+    _exit(127);
+  }
+  close(p[1]);
+  return {pid, p[0]};
+}
+
+// Waits for the process (bounded) and returns {exit code or -signal, last JSON line of stdout}.
+std::pair<int, nlohmann::json> finish(Proc p, std::chrono::seconds bound = std::chrono::seconds(240)) {
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = read(p.out, buf, sizeof buf)) > 0;) out.append(buf, n);
+  close(p.out);
+  int st = 0;
+  auto deadline = std::chrono::steady_clock::now() + bound;
+  while (waitpid(p.pid, &st, WNOHANG) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(p.pid, SIGKILL);
+      waitpid(p.pid, &st, 0);
+      ADD_FAILURE() << "process " << p.pid << " hung";
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  nlohmann::json j;
+  auto pos = out.rfind('{');
+  if (pos != std::string::npos) j = nlohmann::json::parse(out.substr(pos), nullptr, false);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st), j};
+}
+
+class GpuTransport : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#if DIRECTPORT_HAS_CUDA
+    const auto& a = dp::cuda::availability();
+    if (!a.usable) GTEST_SKIP() << "no usable CUDA device: " << a.reason;
+#else
+    GTEST_SKIP() << "built without CUDA";
+#endif
+    domain_ = "gpu" + std::to_string(getpid()) + "x" + std::to_string(counter_++);
+  }
+  void TearDown() override {
+    if (domain_.empty()) return;
+    dp::remove_stale(domain_, std::chrono::seconds(0));
+    EXPECT_TRUE(dp::list_nodes(domain_).empty()) << "manifests left behind in " << domain_;
+  }
+  Proc source(std::uint64_t bytes, int wait_subs, double rate = 0, const std::string& memory = "cuda-vmm") {
+    auto p = spawn({"node", "pattern-source", "-n", "src", "-p", "domain=" + domain_, "-p", "bytes=" + std::to_string(bytes),
+                    "-p", "memory=" + memory, "-p", "rate_hz=" + std::to_string(rate), "-p",
+                    "wait_subscribers=" + std::to_string(wait_subs)});
+    wait_running("src");
+    return p;
+  }
+  Proc sink(int i, std::uint64_t frames, double hold_ms = 0, bool probe = false, double timeout_s = 20) {
+    return spawn({"node", "checksum-sink", "-n", "sink" + std::to_string(i), "-p", "domain=" + domain_, "-p",
+                  "from=src/frames", "-p", "frames=" + std::to_string(frames), "-p", "hold_ms=" + std::to_string(hold_ms),
+                  "-p", std::string("write_probe=") + (probe ? "true" : "false"), "-p",
+                  "timeout_s=" + std::to_string(timeout_s)});
+  }
+  void wait_running(const std::string& node) {
+    for (int i = 0; i < 1000; ++i) {
+      for (auto& n : dp::list_nodes(domain_)) {
+        if (n.name == node && n.state == dp::protocol::NodeState::running && n.liveness == dp::Liveness::live) return;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    FAIL() << node << " did not come up";
+  }
+  std::string domain_;
+  static inline int counter_ = 0;
+};
+
+struct Case {
+  std::uint64_t bytes;
+  int consumers;
+  std::uint64_t frames;
+  double slow_hold_ms;  // one consumer holds each frame this long (0: all fast)
+};
+
+class GpuTransportFrames : public GpuTransport, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(GpuTransportFrames, NoTornStaleOrForeignFrameIsAccepted) {
+  auto c = GetParam();
+  auto src = source(c.bytes, c.consumers);
+  std::vector<Proc> sinks;
+  for (int i = 0; i < c.consumers; ++i) sinks.push_back(sink(i, c.frames, i == 0 ? c.slow_hold_ms : 0));
+  std::uint64_t verified = 0;
+  for (auto& s : sinks) {
+    auto [rc, j] = finish(s);
+    EXPECT_EQ(rc, 0) << j.dump();
+    EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
+    verified += j.value("verified", 0ull);
+  }
+  kill(src.pid, SIGTERM);
+  auto [rc, j] = finish(src);
+  EXPECT_EQ(rc, 0);
+  EXPECT_GE(verified, c.frames * c.consumers);
+  std::printf("[ figures ] %llu bytes, %d consumers: %llu frames verified, producer published %llu, dropped %llu\n",
+              static_cast<unsigned long long>(c.bytes), c.consumers, static_cast<unsigned long long>(verified),
+              static_cast<unsigned long long>(j.value("published", 0ull)),
+              static_cast<unsigned long long>(j.value("dropped", 0ull)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, GpuTransportFrames,
+                         ::testing::Values(Case{4096, 1, 40000, 0}, Case{4096, 8, 8000, 0}, Case{1 << 20, 1, 20000, 0},
+                                           Case{1 << 20, 8, 4000, 2.0}, Case{64 << 20, 1, 2000, 0},
+                                           Case{64 << 20, 8, 500, 5.0}, Case{256 << 20, 1, 300, 0},
+                                           Case{256 << 20, 8, 150, 0}));
+
+TEST_F(GpuTransport, WriteIntoReadOnlyMappingFaultsOnlyThatConsumer) {
+  auto src = source(1 << 20, 2, 1000);
+  auto bad = sink(0, 1, 0, /*probe=*/true);
+  auto good = sink(1, 3000);
+  auto [rc_bad, jb] = finish(bad);
+  EXPECT_EQ(rc_bad, 3) << "the write must fault (exit 3), got " << rc_bad;
+  auto [rc_good, jg] = finish(good);
+  EXPECT_EQ(rc_good, 0) << jg.dump();
+  EXPECT_EQ(jg.value("bad", 1), 0u);
+  EXPECT_EQ(kill(src.pid, 0), 0) << "the producer must survive a consumer's fault";
+  kill(src.pid, SIGTERM);
+  EXPECT_EQ(finish(src).first, 0);
+}
+
+TEST_F(GpuTransport, ProducerKilledWithPendingWaitsThenRestartedIsPickedUp) {
+  auto src = source(4 << 20, 2, 2000);
+  auto a = sink(0, 4000, 0, false, 30);
+  auto b = sink(1, 4000, 0, false, 30);
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  kill(src.pid, SIGKILL);
+  finish(src);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  auto src2 = source(4 << 20, 0, 2000);
+  for (auto* s : {&a, &b}) {
+    auto [rc, j] = finish(*s, std::chrono::seconds(60));
+    EXPECT_EQ(rc, 0) << j.dump();
+    EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
+    EXPECT_GE(j.value("reconnects", 0), 1) << j.dump();
+  }
+  kill(src2.pid, SIGTERM);
+  EXPECT_EQ(finish(src2).first, 0);
+}
+
+TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
+  auto src = source(1 << 20, 2, 0);
+  auto victim = sink(0, 0, 3.0);  // slow, holds frames
+  auto survivor = sink(1, 5000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  kill(victim.pid, SIGKILL);
+  finish(victim);
+  auto [rc, j] = finish(survivor);
+  EXPECT_EQ(rc, 0) << j.dump();
+  EXPECT_EQ(j.value("bad", 1), 0u);
+  kill(src.pid, SIGTERM);
+  auto [rcs, js] = finish(src);
+  EXPECT_EQ(rcs, 0);
+  EXPECT_GE(js.value("published", 0ull), 5000u);
+}
+
+TEST_F(GpuTransport, LegacyIpcMemoryKindCarriesVerifiedFrames) {
+  auto src = source(1 << 20, 1, 0, "cuda-ipc");
+  auto s = sink(0, 5000);
+  auto [rc, j] = finish(s);
+  EXPECT_EQ(rc, 0) << j.dump();
+  EXPECT_EQ(j.value("bad", 1), 0u);
+  kill(src.pid, SIGTERM);
+  EXPECT_EQ(finish(src).first, 0);
+}
+
+}  // namespace
