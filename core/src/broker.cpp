@@ -128,6 +128,9 @@ bool Broker::serve(Connection& c) {
   } catch (const Error& e) {
     reply = {{{"op", "error"}, {"message", e.what()}}, {}};
     keep = c.greeted;  // a peer that fails the handshake is dropped
+  } catch (const std::exception& e) {
+    reply = {{{"op", "error"}, {"message", std::string("internal error serving the request: ") + e.what()}}, {}};
+    keep = c.greeted;
   }
   try {
     c.sock.send(reply.body.dump(), reply.fds);
@@ -175,6 +178,7 @@ void Broker::run() noexcept {
       }
     }
     if (rc <= 0) continue;
+    const std::size_t polled = pfds.size() - 2;  // connections accepted below were not polled
     if (pfds[1].revents & POLLIN) {
       try {
         while (auto s = listener_.accept()) {
@@ -201,7 +205,7 @@ void Broker::run() noexcept {
       }
     }
     // Walk backwards so that erasing keeps the pollfd indices valid.
-    for (std::size_t i = conns.size(); i-- > 0;) {
+    for (std::size_t i = polled; i-- > 0;) {
       auto ev = pfds[i + 2].revents;
       if (!ev) continue;
       if ((ev & (POLLIN)) ? !serve(*conns[i]) : true) drop(i);

@@ -141,11 +141,15 @@ ManifestWriter ManifestWriter::create(const std::string& domain, const std::stri
       }
       if (!old.try_lock_exclusive()) {
         std::string who;
+        bool dead = false;
         try {
           auto r = ManifestReader::from_segment(std::move(old));
           who = " by pid " + std::to_string(r.owner().pid);
+          dead = !platform::is_alive(r.owner());  // the lock is a prober's, not the owner's
+          if (dead && r.segment().still_named()) platform::Segment::unlink(name);
         } catch (const Error&) {
         }
+        if (dead) continue;
         throw Error("node name '" + node + "' is already in use in domain '" + domain + "'" + who +
                     "; stop that node or choose another name");
       }

@@ -301,13 +301,20 @@ void Subscriber::connect() {
   // Trust nothing the producer says until it agrees with its own manifest.
   StreamSpec replied = spec_from_json(reply.body);
   if (spec_to_json(replied) != spec_to_json(c->spec)) throw ValidationError("producer's reply disagrees with its manifest");
-  auto idx = reply.body.at("control_index").get<std::uint32_t>();
-  if (idx != entry->at("control_index").get<std::uint32_t>()) throw ValidationError("control index mismatch");
-  c->control = &c->manifest.control(idx);
+  auto field = [&](const char* key) -> std::uint64_t {
+    auto it = reply.body.find(key);
+    if (it == reply.body.end() || !it->is_number_unsigned()) {
+      throw ValidationError("producer's subscribe reply lacks an unsigned '" + std::string(key) + "'");
+    }
+    return it->get<std::uint64_t>();
+  };
+  auto idx = field("control_index");
+  if (idx != entry->at("control_index").get<std::uint64_t>()) throw ValidationError("control index mismatch");
+  c->control = &c->manifest.control(static_cast<std::uint32_t>(idx));
   if (c->control->slot_count != c->spec.slots) throw ValidationError("control block slot count disagrees with the manifest");
   TransportImport imp;
   imp.spec = &c->spec;
-  imp.slot_stride = reply.body.at("slot_stride").get<std::size_t>();
+  imp.slot_stride = field("slot_stride");
   if (imp.slot_stride < c->spec.frame_bytes()) throw ValidationError("slot stride smaller than a frame");
   imp.description = reply.body;
   imp.fds = std::move(reply.fds);
@@ -393,7 +400,7 @@ std::optional<Frame> Subscriber::claim(std::uint64_t seq, GpuStream stream) {
       rec.held.store(h0, std::memory_order_seq_cst);
       return std::nullopt;
     }
-    if (last_seq_ && seq > last_seq_ + 1) counters_.missed += seq - last_seq_ - 1;
+    if (seq > last_seq_ + 1) counters_.missed += seq - last_seq_ - 1;
     last_seq_ = seq;
     ++counters_.received;
     ++c.held;
@@ -443,7 +450,8 @@ std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStrea
 void Subscriber::release(const Frame& f, GpuStream stream) {
   if (conn_ && f.generation == conn_->generation) {
     auto& rec = conn_->record(f.slot);
-    DP_EXPECTS(f.slot < conn_->spec.slots && rec.held.load() == f.seq, "release() of a frame this subscriber does not hold");
+    DP_EXPECTS(f.slot < conn_->spec.slots && rec.held.load() == f.seq && rec.release_enqueued.load() < f.seq,
+               "release() of a frame this subscriber does not hold");
     rec.release_enqueued.store(f.seq, std::memory_order_release);
     conn_->transport->signal_released(stream, rec, f.seq);
     --conn_->held;

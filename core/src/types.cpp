@@ -74,7 +74,7 @@ void StreamSpec::validate() const {
   std::uint64_t n = dtype_size(dtype);
   for (auto d : shape) {
     if (d <= 0) throw ValidationError(where + "shape entries must be positive, got " + std::to_string(d));
-    if (static_cast<std::uint64_t>(d) > kMaxFrame || n * static_cast<std::uint64_t>(d) > kMaxFrame) {
+    if (static_cast<std::uint64_t>(d) > kMaxFrame / n) {
       throw ValidationError(where + "frame larger than 16 GiB");
     }
     n *= static_cast<std::uint64_t>(d);
@@ -117,11 +117,24 @@ StreamSpec spec_from_json(const nlohmann::json& j) {
   try {
     s.name = field("name").get<std::string>();
     s.dtype = parse_dtype(field("dtype").get<std::string>());
-    s.shape = field("shape").get<std::vector<std::int64_t>>();
-    s.slots = field("slots").get<std::uint32_t>();
+    const auto& shape = field("shape");
+    if (!shape.is_array()) throw ValidationError("stream spec 'shape' has the wrong type: not an array");
+    for (const auto& d : shape) {
+      if (!d.is_number_integer()) throw ValidationError("stream spec 'shape' has the wrong type: non-integer entry");
+    }
+    s.shape = shape.get<std::vector<std::int64_t>>();
+    const auto& slots = field("slots");
+    if (!slots.is_number_integer()) throw ValidationError("stream spec 'slots' has the wrong type: not an integer");
+    if (slots.get<std::int64_t>() < 0 || slots.get<std::int64_t>() > std::int64_t(protocol::kMaxSlots)) {
+      throw ValidationError("stream spec: slots must be 2.." + std::to_string(protocol::kMaxSlots) + ", got " + slots.dump());
+    }
+    s.slots = slots.get<std::uint32_t>();
     s.memory = parse_memory_kind(field("memory").get<std::string>());
     s.fence = parse_fence_kind(field("fence").get<std::string>());
     if (j.contains("acquire_timeout_us")) {
+      if (!j["acquire_timeout_us"].is_number_integer()) {
+        throw ValidationError("stream spec 'acquire_timeout_us' has the wrong type: not an integer");
+      }
       s.acquire_timeout = std::chrono::microseconds(j["acquire_timeout_us"].get<std::int64_t>());
     }
   } catch (const nlohmann::json::exception& e) {

@@ -113,6 +113,10 @@ Segment Segment::create_anonymous(const std::string& debug_name, std::size_t siz
   DP_POSIX_CHECK(::ftruncate(raw, static_cast<off_t>(size)), "sizing " + debug_name);
   s.addr_ = map(raw, size, Access::read_write, debug_name);
   s.size_ = size;
+  if (!seal_writes) {
+    // Peers map it too: its size must never change under them (a shrink is SIGBUS in the reader).
+    DP_POSIX_CHECK(::fcntl(raw, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), "sealing the size of " + debug_name);
+  }
   if (seal_writes) {
     // F_SEAL_FUTURE_WRITE (Linux 5.1+) keeps our mapping writable and refuses new writable ones.
     const int size_seals = F_SEAL_SHRINK | F_SEAL_GROW;
@@ -129,6 +133,11 @@ Segment Segment::create_anonymous(const std::string& debug_name, std::size_t siz
 
 Segment Segment::map_fd(UniqueFd fd, std::size_t expected_size, Access access) {
   DP_EXPECTS(static_cast<bool>(fd), "map_fd() needs a descriptor");
+  int seals = ::fcntl(fd.get(), F_GET_SEALS);
+  if (seals < 0 || !(seals & F_SEAL_SHRINK)) {
+    throw ValidationError("received segment is not size-sealed (F_SEAL_SHRINK): its owner could shrink it "
+                          "under our mapping");
+  }
   std::size_t actual = fd_size(fd.get(), "a received segment");
   if (actual < expected_size) {
     throw ValidationError("received segment holds " + std::to_string(actual) +
