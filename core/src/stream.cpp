@@ -424,8 +424,18 @@ std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStrea
   for (;;) {
     if (check_producer()) {
       std::uint64_t l = conn_->control->latest_seq.load(std::memory_order_acquire);
-      for (std::uint64_t s = last_seq_ + 1; s <= l; ++s) {
-        if (auto f = claim(s, stream)) return f;
+      // The frames still in the ring that are newer than the last one received, oldest first.
+      // Looking at the slots (not at every seq since the last one) keeps this O(slots): a
+      // consumer that fell far behind a fast producer catches up in one step.
+      std::uint64_t cand[protocol::kMaxSlots];
+      std::uint32_t n = 0;
+      for (std::uint32_t k = 0; k < conn_->spec.slots; ++k) {
+        std::uint64_t s = conn_->control->slots[k].seq.load(std::memory_order_acquire);
+        if (s > last_seq_ && s <= l) cand[n++] = s;
+      }
+      std::sort(cand, cand + n);
+      for (std::uint32_t i = 0; i < n; ++i) {
+        if (auto f = claim(cand[i], stream)) return f;
       }
       std::int64_t left = deadline - platform::monotonic_ns();
       if (left <= 0) return std::nullopt;
