@@ -9,6 +9,8 @@
 // timestamps. A paced phase gives latency; an unpaced phase gives publishes per second. CPU time
 // per acquire/publish/next/release is measured with the monotonic clock around each call.
 #include <sys/wait.h>
+#include <signal.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -176,6 +178,7 @@ Child spawn(const std::vector<std::string>& args) {
   if (pipe(p) != 0) throw SystemError("pipe", errno);
   pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
     dup2(p[1], 1);
     close(p[0]);
     std::vector<char*> argv;

@@ -2,6 +2,7 @@
 // pattern source and N checksum sinks, each its own process).
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -199,7 +200,10 @@ int run_checksum_sink(const std::string& name, Params p) {
         kernels::poke_gpu(const_cast<void*>(f->data), 42, gs);
         cudaError_t rc = cudaStreamSynchronize(gpu->stream);
         std::fprintf(stderr, "[%s] write into the read-only mapping: %s\n", name.c_str(), cudaGetErrorName(rc));
-        return rc == cudaSuccess ? 4 : 3;
+        // A faulted CUDA context cannot be torn down reliably: leave at once and let the OS
+        // reclaim everything (the producer sees EOF and releases our holds).
+        std::fflush(nullptr);
+        _exit(rc == cudaSuccess ? 4 : 3);
       }
 #endif
       throw Error("write_probe needs a GPU stream");
@@ -300,6 +304,7 @@ void add_demo(CLI::App& app, int& exit_code) {
       pid_t pid = ::fork();
       if (pid < 0) throw SystemError("fork", errno);
       if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
         std::vector<char*> argv{self};
         for (auto& a : args) argv.push_back(a.data());
         argv.push_back(nullptr);

@@ -3,6 +3,7 @@
 // fill + checksum, checked on the GPU by each consumer) through cuda-vmm memory and mem-op fences.
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -32,6 +33,7 @@ Proc spawn(const std::vector<std::string>& args) {
   EXPECT_EQ(pipe(p), 0);
   pid_t pid = fork();
   if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
     dup2(p[1], 1);
     close(p[0]);
     std::vector<char*> argv{const_cast<char*>(DP_CLI)};
