@@ -30,10 +30,18 @@ nlohmann::json parse_message(const std::string& bytes) {
 }
 
 std::string broker_socket_name(const std::string& domain, const std::string& node) {
+  validate_name("domain", domain);
+  validate_name("node name", node);
+  // Abstract socket names must fit sun_path (107 bytes): the domain and node (up to 48
+  // characters each) are folded into a 64-bit FNV-1a hash. The manifest records the name, so
+  // nobody needs to recompute it.
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (char c : domain + "/" + node) h = (h ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
   std::random_device rd;
-  char nonce[17];
-  std::snprintf(nonce, sizeof nonce, "%08x%08x", rd(), rd());
-  return manifest_prefix(domain) + node + "." + std::to_string(platform::self_identity().pid) + "." + nonce;
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "dp.%u.%016llx.%lld.%08x%08x", platform::current_uid(),
+                static_cast<unsigned long long>(h), static_cast<long long>(platform::self_identity().pid), rd(), rd());
+  return buf;
 }
 
 Broker::Broker(Options opts) : opts_(std::move(opts)) {
@@ -125,6 +133,7 @@ bool Broker::serve(Connection& c) {
     }
   } catch (const nlohmann::json::exception& e) {
     reply = {{{"op", "error"}, {"message", std::string("malformed request: ") + e.what()}}, {}};
+    keep = c.greeted;  // a peer that fails the handshake is dropped
   } catch (const Error& e) {
     reply = {{{"op", "error"}, {"message", e.what()}}, {}};
     keep = c.greeted;  // a peer that fails the handshake is dropped

@@ -73,6 +73,11 @@ std::vector<std::string> remove_stale(const std::string& domain, std::chrono::se
     } catch (const SystemError&) {
       continue;
     }
+    try {
+      if (seg.owner_uid() != platform::current_uid()) continue;  // not ours to judge or remove
+    } catch (const SystemError&) {
+      continue;
+    }
     bool valid = true;
     try {
       validate_manifest_header(seg.data(), seg.size());

@@ -72,6 +72,10 @@ void validate_manifest_json(const nlohmann::json& doc, std::uint32_t control_cap
     return *it;
   };
   if (!doc.is_object()) throw ValidationError("manifest JSON: the document must be an object");
+  if (doc.contains("abi") && (!doc["abi"].is_number_unsigned() || doc["abi"].get<std::uint64_t>() != protocol::kAbiVersion)) {
+    throw ValidationError("manifest JSON: 'abi' is " + doc["abi"].dump() + ", this build reads " +
+                          std::to_string(protocol::kAbiVersion));
+  }
   need(doc, "name", &nlohmann::json::is_string, "");
   validate_name("manifest JSON: node name", doc["name"].get<std::string>());
   need(doc, "type", &nlohmann::json::is_string, "");
@@ -247,7 +251,18 @@ ManifestReader ManifestReader::open(const std::string& domain, const std::string
 }
 
 ManifestReader ManifestReader::from_segment(platform::Segment seg) {
+  // Anyone may create files in /dev/shm: a manifest under our uid's prefix that another user
+  // owns is a squatter, never trusted.
+  const auto uid = platform::current_uid();
+  if (seg.owner_uid() != uid) {
+    throw ValidationError("manifest " + seg.name() + " is owned by uid " + std::to_string(seg.owner_uid()) +
+                          ", not by us (uid " + std::to_string(uid) + "): refusing it; its owner must remove it");
+  }
   validate_manifest_header(seg.data(), seg.size());
+  if (static_cast<const ManifestHeader*>(seg.data())->uid != uid) {
+    throw ValidationError("manifest " + seg.name() + " names uid " +
+                          std::to_string(static_cast<const ManifestHeader*>(seg.data())->uid) + ", not ours");
+  }
   ManifestReader r;
   r.seg_ = std::move(seg);
   return r;

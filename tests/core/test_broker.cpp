@@ -87,9 +87,14 @@ TEST(BrokerMessage, SocketNamesAreUniquePerInstance) {
   auto a = broker_socket_name("lab", "cam");
   auto b = broker_socket_name("lab", "cam");
   EXPECT_NE(a, b);
-  EXPECT_EQ(a.rfind(manifest_prefix("lab") + "cam." + std::to_string(::getpid()) + ".", 0), 0u)
-      << a;
+  EXPECT_EQ(a.rfind("dp." + std::to_string(::getuid()) + ".", 0), 0u) << a;
+  EXPECT_NE(a.find("." + std::to_string(::getpid()) + "."), std::string::npos) << a;
   EXPECT_LT(a.size(), 107u) << "must fit sun_path";
+  // The longest valid names still fit, and different nodes get different names.
+  auto longest = broker_socket_name(std::string(48, 'd'), std::string(48, 'n'));
+  EXPECT_LT(longest.size(), 107u) << longest;
+  EXPECT_NO_THROW(platform::LocalSocket::listen(longest));
+  EXPECT_NE(broker_socket_name("lab", "cam1").substr(0, 30), broker_socket_name("lab", "cam2").substr(0, 30));
   EXPECT_THROW(broker_socket_name("bad.domain", "cam"), ValidationError);
 }
 
@@ -197,6 +202,18 @@ TEST_F(BrokerTest, MalformedMessageBeforeHelloIsAnErrorReplyThenDrop) {
         << "a peer that fails the handshake is dropped: '" << bad << "'";
   }
   EXPECT_TRUE(test::wait_until([&] { return broker().connection_count() == 0; }, 5s));
+}
+
+TEST_F(BrokerTest, HelloWithMistypedFieldsIsRefusedAndDropped) {
+  broker().start();
+  for (std::string bad : {R"({"op":"hello","abi":"x"})", R"({"op":"hello","abi":1,"client":7})"}) {
+    auto s = raw();
+    s.send(bad);
+    auto r = reply(s);
+    ASSERT_FALSE(r.is_null()) << bad;
+    EXPECT_EQ(r["op"], "error") << bad;
+    EXPECT_TRUE(reply(s).is_null()) << "a peer whose hello is malformed is dropped: " << bad;
+  }
 }
 
 TEST_F(BrokerTest, HelloWithAnotherAbiIsRefusedAndDropped) {

@@ -625,5 +625,45 @@ TEST_F(ManifestSegment, HeaderFromAnotherAbi) {
   expect_open_fails("future", "version 99");
 }
 
+TEST_F(Manifest, JsonWithAnotherAbiIsRefused) {
+  auto doc = node_doc("cam0");
+  doc["abi"] = protocol::kAbiVersion + 1;
+  try {
+    validate_manifest_json(doc, 16);
+    FAIL() << "accepted abi " << doc["abi"];
+  } catch (const ValidationError& e) {
+    EXPECT_NE(std::string(e.what()).find("'abi'"), std::string::npos) << e.what();
+  }
+  doc["abi"] = "1";
+  EXPECT_THROW(validate_manifest_json(doc, 16), ValidationError);
+}
+
+TEST_F(Manifest, HeaderNamingAnotherUidIsRefused) {
+  auto w = ManifestWriter::create(domain_, "cam0");
+  w.set_json(node_doc("cam0"));
+  auto rw = platform::Segment::open_named(w.segment_name(), platform::Access::read_write);
+  static_cast<ManifestHeader*>(rw.data())->uid = ::getuid() + 1;
+  try {
+    ManifestReader::open(domain_, "cam0");
+    FAIL() << "a manifest naming another uid was trusted";
+  } catch (const ValidationError& e) {
+    EXPECT_NE(std::string(e.what()).find("not ours"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(Manifest, SegmentOwnedByAnotherUserIsRefusedAndNotRemoved) {
+  if (::getuid() != 0) GTEST_SKIP() << "needs root to give a segment to another uid";
+  auto w = ManifestWriter::create(domain_, "squat");
+  w.set_json(node_doc("squat"));
+  auto rw = platform::Segment::open_named(w.segment_name(), platform::Access::read_write);
+  ASSERT_EQ(::fchown(rw.fd().get(), 4242, 4242), 0);
+  try {
+    ManifestReader::open(domain_, "squat");
+    FAIL() << "a manifest owned by uid 4242 was trusted";
+  } catch (const ValidationError& e) {
+    EXPECT_NE(std::string(e.what()).find("uid 4242"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace dp

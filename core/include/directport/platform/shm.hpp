@@ -49,6 +49,8 @@ class Segment {
   const std::string& name() const noexcept { return name_; }
   Access access() const noexcept { return access_; }
   bool sealed() const noexcept { return sealed_; }
+  // The user id that owns the underlying object (a reader checks it before trusting a name).
+  std::uint32_t owner_uid() const;
   // Keep the name on destruction (another component takes over cleanup).
   void disown_name() noexcept { unlink_on_close_ = false; }
 

@@ -177,6 +177,12 @@ bool Segment::try_lock_exclusive() {
   throw_system("locking " + name_, errno);
 }
 
+std::uint32_t Segment::owner_uid() const {
+  struct stat st {};
+  DP_POSIX_CHECK(::fstat(fd_.get(), &st), "fstat of " + name_);
+  return static_cast<std::uint32_t>(st.st_uid);
+}
+
 bool Segment::still_named() const {
   if (name_.empty() || name_[0] != '/') return false;
   struct stat a {}, b {};
