@@ -8,9 +8,7 @@
 // clock again: the difference is the publish -> consumer-can-read one-way latency from GPU
 // timestamps. A paced phase gives latency; an unpaced phase gives publishes per second. CPU time
 // per acquire/publish/next/release is measured with the monotonic clock around each call.
-#include <sys/wait.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,6 +29,7 @@
 #include "directport/cuda/device.hpp"
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/timing.hpp"
+#include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
 
 using namespace dp;
@@ -44,9 +43,18 @@ double pct(std::vector<double> v, double p) {
 }
 
 std::uint64_t parse_size(const std::string& s) {
-  char unit = s.back();
-  std::uint64_t mul = unit == 'K' ? 1024 : unit == 'M' ? 1 << 20 : unit == 'G' ? 1ull << 30 : 1;
-  return std::stoull(mul == 1 ? s : s.substr(0, s.size() - 1)) * mul;
+  std::size_t pos = 0;
+  std::uint64_t v = 0;
+  try {
+    v = std::stoull(s, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  std::string unit = s.substr(pos);
+  std::uint64_t mul = unit.empty() ? 1 : (unit == "K" || unit == "k") ? 1024 : (unit == "M" || unit == "m") ? 1 << 20
+                      : (unit == "G" || unit == "g") ? 1ull << 30 : 0;
+  if (pos == 0 || mul == 0) throw ValidationError("size '" + s + "' is not N, NK, NM or NG");
+  return v * mul;
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -72,7 +80,10 @@ int producer(const Args& a) {
   cudaStream_t s;
   DP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   auto gs = reinterpret_cast<GpuStream>(s);
-  while (pub.counters().subscribers < a.k) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  for (int i = 0; pub.counters().subscribers < a.k; ++i) {
+    if (i > 30000) throw Error("consumers did not subscribe within 30 s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   std::vector<double> acq_us, pub_us;
   auto one = [&](bool timed) {
     auto t0 = platform::monotonic_ns();
@@ -168,37 +179,18 @@ int consumer(const Args& a) {
   return 0;
 }
 
-// Runs this binary with `args`, capturing stdout.
-struct Child {
-  pid_t pid;
-  int out;
-};
-Child spawn(const std::vector<std::string>& args) {
-  int p[2];
-  if (pipe(p) != 0) throw SystemError("pipe", errno);
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
-    dup2(p[1], 1);
-    close(p[0]);
-    std::vector<char*> argv;
-    static std::string self = "/proc/self/exe";
-    argv.push_back(self.data());
-    for (auto& s : args) argv.push_back(const_cast<char*>(s.c_str()));
-    argv.push_back(nullptr);
-    execv("/proc/self/exe", argv.data());
-    _exit(127);
-  }
-  close(p[1]);
-  return {pid, p[0]};
+// Runs this binary with `args`, capturing its stdout.
+platform::Child spawn(std::vector<std::string> args) {
+  args.insert(args.begin(), "/proc/self/exe");
+  return platform::Child::spawn(args, {/*capture_stdout=*/true});
 }
-std::string collect(Child c, int& status) {
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = read(c.out, buf, sizeof buf)) > 0;) out.append(buf, n);
-  close(c.out);
-  waitpid(c.pid, &status, 0);
-  return out;
+
+// Waits (bounded) and parses the child's JSON line; null on failure.
+nlohmann::json collect(platform::Child& c, bool& ok) {
+  auto rc = c.wait_for(std::chrono::seconds(120));
+  ok = ok && rc && *rc == 0;
+  auto j = nlohmann::json::parse(c.output(), nullptr, false);
+  return j.is_discarded() ? nlohmann::json() : j;
 }
 
 int driver_main(const Args& a) {
@@ -214,40 +206,36 @@ int driver_main(const Args& a) {
   nlohmann::json rows = nlohmann::json::array();
   for (auto& ks : split(a.consumers)) {
     for (auto& ss : split(a.sizes)) {
-      std::uint64_t bytes = parse_size(ss), k = std::stoull(ks);
+      std::uint64_t bytes = parse_size(ss), k = parse_size(ks);
       std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
       std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks;
       std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
                                       std::to_string(frames), "--k", ks};
       auto pa = common;
       pa.insert(pa.begin(), {"--role", "producer"});
-      Child prod = spawn(pa);
-      for (int i = 0; i < 500; ++i) {
-        bool up = false;
+      auto prod = spawn(pa);
+      bool up = false;
+      for (int i = 0; i < 500 && !up && prod.running(); ++i) {
         for (auto& nd : list_nodes(domain)) up = up || nd.state == protocol::NodeState::running;
-        if (up) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        if (!up) prod.wait_for(std::chrono::milliseconds(10));
       }
-      std::vector<Child> cons;
-      for (std::uint64_t i = 0; i < k; ++i) {
+      std::vector<platform::Child> cons;
+      for (std::uint64_t i = 0; up && i < k; ++i) {
         auto ca = common;
         ca.insert(ca.begin(), {"--role", "consumer", "--index", std::to_string(i)});
         cons.push_back(spawn(ca));
       }
       std::vector<nlohmann::json> cj;
-      bool ok = true;
+      bool ok = up;
       for (auto& c : cons) {
-        int st = 0;
-        auto out = collect(c, st);
-        ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-        auto j = nlohmann::json::parse(out, nullptr, false);
-        if (!j.is_discarded()) cj.push_back(j);
+        auto j = collect(c, ok);
+        if (!j.is_null()) cj.push_back(j);
       }
-      int st = 0;
-      auto pj = nlohmann::json::parse(collect(prod, st), nullptr, false);
-      ok = ok && WIFEXITED(st) && WEXITSTATUS(st) == 0 && !pj.is_discarded() && cj.size() == k;
+      if (!ok) prod.signal(SIGKILL);  // it may still wait for consumers that are gone
+      auto pj = collect(prod, ok);
+      ok = ok && !pj.is_null() && cj.size() == k;
       if (!ok) {
-        std::printf("%10s %4s FAILED (a process exited badly)\n", ss.c_str(), ks.c_str());
+        std::printf("%10s %4s FAILED (a process exited badly or did not start)\n", ss.c_str(), ks.c_str());
         rows.push_back({{"bytes", bytes}, {"consumers", k}, {"ok", false}});
         continue;
       }
@@ -290,6 +278,7 @@ int driver_main(const Args& a) {
 
 int main(int argc, char** argv) {
   Args a;
+  try {
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];
     auto val = [&]() -> std::string {
@@ -304,10 +293,10 @@ int main(int argc, char** argv) {
     else if (k == "--sizes") a.sizes = val();
     else if (k == "--consumers") a.consumers = val();
     else if (k == "--json") a.json = val();
-    else if (k == "--bytes") a.bytes = std::stoull(val());
-    else if (k == "--frames") a.frames = std::stoull(val());
-    else if (k == "--k") a.k = std::stoull(val());
-    else if (k == "--index") a.index = std::stoi(val());
+    else if (k == "--bytes") a.bytes = parse_size(val());
+    else if (k == "--frames") a.frames = parse_size(val());
+    else if (k == "--k") a.k = parse_size(val());
+    else if (k == "--index") a.index = static_cast<int>(parse_size(val()));
     else if (k == "--help" || k == "-h") {
       std::printf("usage: dp_bench_transport [--sizes 4K,1M,1G] [--consumers 1,8] [--frames N] [--json FILE]\n");
       return 0;
@@ -316,7 +305,6 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  try {
     if (a.role == "producer") return producer(a);
     if (a.role == "consumer") return consumer(a);
     return driver_main(a);

@@ -90,7 +90,9 @@ void add_doctor(CLI::App& app, int& exit_code) {
                       yn("vmm"), yn("posix_fd"), yn("memops_64"), yn("host_register"), yn("read_only_host_register"),
                       yn("ipc"));
         }
-        if (c.contains("fences")) {
+        if (c.contains("fences") && c["fences"].contains("error")) {
+          std::printf("  fence measurement failed: %s\n", c["fences"]["error"].get<std::string>().c_str());
+        } else if (c.contains("fences")) {
           std::printf("  fence CPU->GPU->CPU hop p50: %.2f us; GPU<->GPU ping-pong: <= %.2f us per round trip\n",
                       c["fences"]["cpu_gpu_cpu_hop_us_p50"].get<double>(),
                       c["fences"]["gpu_gpu_pingpong_drain_us_per_round_trip_upper_bound"].get<double>());

@@ -2,7 +2,6 @@
 // pattern source and N checksum sinks, each its own process).
 #include <signal.h>
 #include <sys/wait.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -21,6 +20,7 @@
 #include "directport/cuda/device.hpp"
 #include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
+#include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
 #if DIRECTPORT_HAS_CUDA
 #include <cuda_runtime_api.h>
@@ -72,7 +72,11 @@ class Params {
 
 MemoryKind choose_memory(const std::string& m) {
   if (m == "auto") return cuda::gpu_available() ? MemoryKind::cuda_vmm : MemoryKind::host;
-  return parse_memory_kind(m);
+  try {
+    return parse_memory_kind(m);
+  } catch (const ValidationError& e) {
+    throw ValidationError(std::string(e.what()) + "; or 'auto' (GPU if there is one)");
+  }
 }
 
 #if DIRECTPORT_HAS_CUDA
@@ -97,7 +101,9 @@ int run_pattern_source(const std::string& name, Params p) {
   StreamSpec spec;
   spec.name = p.get<std::string>("stream", "frames");
   auto bytes = p.get<std::uint64_t>("bytes", 1 << 20);
-  if (bytes % 8 || bytes < kernels::kMinStampedBytes) throw ValidationError("param 'bytes' must be a multiple of 8, >= 24");
+  if (bytes % 8 || bytes < kernels::kMinStampedBytes) {
+    throw ValidationError("param 'bytes' must be a multiple of 8 and at least 24, got " + std::to_string(bytes));
+  }
   spec.dtype = DType::u64;
   spec.shape = {static_cast<std::int64_t>(bytes / 8)};
   spec.slots = p.get<std::uint32_t>("slots", 3);
@@ -246,12 +252,20 @@ int run_checksum_sink(const std::string& name, Params p) {
 
 void add_node(CLI::App& app, int& exit_code) {
   struct Opts {
-    std::string type, name, params_json;
+    std::string type, name, params_json, domain;
     std::vector<std::string> params;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("node", "Run one node of a graph in this process");
   cmd->add_option("type", o->type, "Node type: pattern-source | checksum-sink")->required();
+  cmd->add_option("--domain,-d", o->domain, "Domain (default: $DIRECTPORT_DOMAIN or 'default'; same as -p domain=)");
+  cmd->footer(
+      "Params (-p KEY=VALUE):\n"
+      "  pattern-source: stream=frames  bytes=1048576 (multiple of 8, >= 24)  slots=3\n"
+      "                  memory=auto|host|cuda-vmm|cuda-ipc  rate_hz=200 (0: unpaced)  frames=0 (0: until stopped)\n"
+      "                  wait_subscribers=0  domain=\n"
+      "  checksum-sink:  from=NODE/STREAM (required)  frames=0 (0: until stopped)  timeout_s=10  hold_ms=0\n"
+      "                  write_probe=false (test hook: write into the read-only mapping)  domain=");
   cmd->add_option("--name,-n", o->name, "Node name, unique in its domain")->required();
   cmd->add_option("--param,-p", o->params, "KEY=VALUE (VALUE parsed as JSON if it parses, else a string)");
   cmd->add_option("--params-json", o->params_json, "All params as one JSON object");
@@ -259,9 +273,14 @@ void add_node(CLI::App& app, int& exit_code) {
     validate_name("node name", o->name);
     nlohmann::json params = nlohmann::json::object();
     if (!o->params_json.empty()) {
-      params = nlohmann::json::parse(o->params_json, nullptr, false);
-      if (!params.is_object()) throw ValidationError("--params-json must be a JSON object");
+      try {
+        params = nlohmann::json::parse(o->params_json);
+      } catch (const nlohmann::json::parse_error& e) {
+        throw ValidationError(std::string("--params-json does not parse: ") + e.what());
+      }
+      if (!params.is_object()) throw ValidationError("--params-json must be a JSON object, got " + params.dump());
     }
+    if (!o->domain.empty()) params["domain"] = o->domain;
     for (auto& kv : o->params) {
       auto eq = kv.find('=');
       if (eq == std::string::npos || eq == 0) throw ValidationError("--param '" + kv + "' is not KEY=VALUE");
@@ -283,7 +302,7 @@ void add_demo(CLI::App& app, int& exit_code) {
   struct Opts {
     int consumers = 2;
     std::uint64_t frames = 1000, bytes = 1 << 20;
-    std::string memory = "auto";
+    std::string memory = "auto", domain;
     double rate = 500;
   };
   auto o = std::make_shared<Opts>();
@@ -294,59 +313,42 @@ void add_demo(CLI::App& app, int& exit_code) {
   cmd->add_option("--bytes,-b", o->bytes, "Frame size in bytes (multiple of 8)")->check(CLI::Range(24ull, 1ull << 32));
   cmd->add_option("--memory,-m", o->memory, "host | cuda-vmm | cuda-ipc | auto (GPU if there is one)");
   cmd->add_option("--rate", o->rate, "Frames per second published (0 = as fast as possible)");
+  cmd->add_option("--domain,-d", o->domain, "Domain to run in (default: a fresh one, demo<pid>)");
   cmd->callback([o, &exit_code] {
     choose_memory(o->memory);  // validate early
     if (o->bytes % 8) throw ValidationError("--bytes must be a multiple of 8");
-    std::string domain = "demo" + std::to_string(::getpid());
+    std::string domain = o->domain.empty() ? "demo" + std::to_string(::getpid()) : o->domain;
+    validate_name("domain", domain);
     char self[4096] = {};
     if (::readlink("/proc/self/exe", self, sizeof self - 1) < 0) throw SystemError("readlink /proc/self/exe", errno);
     auto spawn = [&](std::vector<std::string> args) {
-      pid_t pid = ::fork();
-      if (pid < 0) throw SystemError("fork", errno);
-      if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
-        std::vector<char*> argv{self};
-        for (auto& a : args) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        ::execv(self, argv.data());
-        _exit(127);
-      }
-      return pid;
+      args.insert(args.begin(), self);
+      return platform::Child::spawn(args);
     };
     std::printf("demo: domain %s, 1 source -> %d sinks, %llu frames of %llu bytes, memory %s\n", domain.c_str(),
                 o->consumers, static_cast<unsigned long long>(o->frames), static_cast<unsigned long long>(o->bytes),
                 o->memory.c_str());
     std::fflush(stdout);
     auto dom = "domain=" + domain;
-    pid_t src = spawn({"node", "pattern-source", "--name", "source", "-p", dom, "-p", "bytes=" + std::to_string(o->bytes),
-                       "-p", "memory=" + o->memory, "-p", "rate_hz=" + std::to_string(o->rate), "-p",
-                       "wait_subscribers=" + std::to_string(o->consumers)});
+    auto src = spawn({"node", "pattern-source", "--name", "source", "-p", dom, "-p", "bytes=" + std::to_string(o->bytes),
+                      "-p", "memory=" + o->memory, "-p", "rate_hz=" + std::to_string(o->rate), "-p",
+                      "wait_subscribers=" + std::to_string(o->consumers)});
     // Wait until the source announces itself, bounded.
     bool up = false;
-    for (int i = 0; i < 500 && !up; ++i) {
+    for (int i = 0; i < 500 && !up && src.running(); ++i) {
       for (auto& n : list_nodes(domain)) up = up || (n.name == "source" && n.state == protocol::NodeState::running);
-      if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (!up && !src.wait_for(std::chrono::milliseconds(10))) continue;
     }
-    if (!up) {
-      ::kill(src, SIGKILL);
-      ::waitpid(src, nullptr, 0);
-      throw Error("the source node did not come up within 5 s");
-    }
-    std::vector<pid_t> sinks;
+    if (!up) throw Error("the source node did not come up within 5 s (see its messages above)");
+    std::vector<platform::Child> sinks;
     for (int i = 0; i < o->consumers; ++i) {
       sinks.push_back(spawn({"node", "checksum-sink", "--name", "sink" + std::to_string(i), "-p", dom, "-p",
                              "from=source/frames", "-p", "frames=" + std::to_string(o->frames)}));
     }
     int failures = 0;
-    for (pid_t p : sinks) {
-      int st = 0;
-      ::waitpid(p, &st, 0);
-      if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ++failures;
-    }
-    ::kill(src, SIGTERM);
-    int st = 0;
-    ::waitpid(src, &st, 0);
-    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) ++failures;
+    for (auto& p : sinks) failures += p.wait_for(std::chrono::milliseconds(-1)) != 0;
+    src.signal(SIGTERM);
+    failures += src.wait_for(std::chrono::seconds(30)) != 0;
     auto left = list_nodes(domain);
     std::printf("demo: %s (%d of %d processes failed); %zu manifests left behind\n", failures ? "FAILED" : "ok", failures,
                 o->consumers + 1, left.size());

@@ -142,7 +142,9 @@ bool Broker::serve(Connection& c) {
     keep = c.greeted;
   }
   try {
-    c.sock.send(reply.body.dump(), reply.fds);
+    // A peer that does not read its replies is dropped rather than allowed to stall the broker
+    // (and with it the heartbeat).
+    c.sock.send(reply.body.dump(), reply.fds, /*nonblocking=*/true);
   } catch (const Error&) {
     return false;
   }

@@ -53,7 +53,8 @@ bool Publisher::slot_free(std::uint32_t slot, std::uint64_t& wait_value, const S
 
 bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
   auto& meta = control_.slots[slot];
-  std::vector<std::uint64_t> waits(subs_.size(), 0);
+  auto& waits = wait_scratch_;  // reused: acquire() is a hot path
+  waits.assign(subs_.size(), 0);
   auto all_free = [&] {
     for (std::size_t i = 0; i < subs_.size(); ++i) {
       if (!slot_free(slot, waits[i], *subs_[i])) return false;
@@ -220,9 +221,8 @@ struct Subscriber::Connection {
 
   // GPU subscriptions: our streams may wait on the producer's ready words while the application
   // thread is blocked (e.g. in cudaStreamSynchronize). A watchdog notices the producer's death
-  // (EOF, or heartbeat stale) within kWatchdogPeriod and raises the ready words we wait on.
+  // (EOF, or its process gone) within kWatchdogPeriod and raises the ready words we wait on.
   static constexpr std::chrono::milliseconds kWatchdogPeriod{20};
-  static constexpr std::chrono::seconds kStaleAfter{3};
   std::thread watchdog;
   std::atomic<bool> stop{false};
   std::atomic<bool> dead{false};
@@ -236,8 +236,9 @@ struct Subscriber::Connection {
   void start_watchdog() {
     watchdog = std::thread([this] {
       while (!stop.load()) {
-        bool gone = dead.load() || client.peer_gone() ||
-                    manifest.heartbeat_age_ns() > std::chrono::nanoseconds(kStaleAfter).count();
+        // Only a producer known to be dead (EOF, or its process gone) may have its fences
+        // written (DESIGN §3). A stale heartbeat alone means "stuck": reported, never acted on.
+        bool gone = dead.load() || client.peer_gone() || !platform::is_alive(manifest.owner());
         if (gone) {
           dead = true;
           for (std::uint32_t k = 0; k < spec.slots; ++k) {
@@ -365,8 +366,8 @@ bool Subscriber::check_producer() {
     connect();
     ++counters_.reconnects;
     return true;
-  } catch (const Error&) {
-    return false;  // not back yet
+  } catch (const std::exception&) {
+    return false;  // not back yet, or a peer we do not trust: try again later
   }
 }
 
@@ -421,6 +422,7 @@ std::optional<Frame> Subscriber::latest(GpuStream stream) {
 
 std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStream stream) {
   const std::int64_t deadline = platform::monotonic_ns() + timeout.count();
+  int races = 0;
   for (;;) {
     if (check_producer()) {
       std::uint64_t l = conn_->control->latest_seq.load(std::memory_order_acquire);
@@ -439,7 +441,7 @@ std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStrea
       }
       std::int64_t left = deadline - platform::monotonic_ns();
       if (left <= 0) return std::nullopt;
-      if (l > last_seq_) continue;  // frames exist but moved under us: look again
+      if (n > 0 && ++races < 64) continue;  // lost a race with the producer: look again
       if (opts_.spin.count() > 0) {
         const std::int64_t spin_until = platform::monotonic_ns() + std::min<std::int64_t>(left, opts_.spin.count() * 1000);
         while (conn_->control->latest_seq.load(std::memory_order_acquire) == l && platform::monotonic_ns() < spin_until) {

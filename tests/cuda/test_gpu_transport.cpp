@@ -2,8 +2,6 @@
 // (`directport node pattern-source|checksum-sink`) exchanging self-verifying frames (seq + random
 // fill + checksum, checked on the GPU by each consumer) through cuda-vmm memory and mem-op fences.
 #include <signal.h>
-#include <sys/wait.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,6 +14,7 @@
 
 #include "directport/core/discovery.hpp"
 #include "directport/cuda/device.hpp"
+#include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
 #if DIRECTPORT_HAS_CUDA
 #include "directport/cuda/driver.hpp"
@@ -23,50 +22,27 @@
 
 namespace {
 
-struct Proc {
-  pid_t pid = -1;
-  int out = -1;
-};
+using Proc = dp::platform::Child;
 
-Proc spawn(const std::vector<std::string>& args) {
-  int p[2];
-  EXPECT_EQ(pipe(p), 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
-    dup2(p[1], 1);
-    close(p[0]);
-    std::vector<char*> argv{const_cast<char*>(DP_CLI)};
-    for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(DP_CLI, argv.data());
-    _exit(127);
-  }
-  close(p[1]);
-  return {pid, p[0]};
+Proc spawn(std::vector<std::string> args) {
+  args.insert(args.begin(), DP_CLI);
+  return Proc::spawn(args, {/*capture_stdout=*/true});
 }
 
-// Waits for the process (bounded) and returns {exit code or -signal, last JSON line of stdout}.
-std::pair<int, nlohmann::json> finish(Proc p, std::chrono::seconds bound = std::chrono::seconds(240)) {
-  std::string out;
-  char buf[4096];
-  for (ssize_t n; (n = read(p.out, buf, sizeof buf)) > 0;) out.append(buf, n);
-  close(p.out);
-  int st = 0;
-  auto deadline = std::chrono::steady_clock::now() + bound;
-  while (waitpid(p.pid, &st, WNOHANG) == 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(p.pid, SIGKILL);
-      waitpid(p.pid, &st, 0);
-      ADD_FAILURE() << "process " << p.pid << " hung";
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+// Waits for the process (bounded: a hang fails the test and kills it) and returns
+// {exit code or -signal, last JSON line of its stdout}.
+std::pair<int, nlohmann::json> finish(Proc& p, std::chrono::seconds bound = std::chrono::seconds(120)) {
+  auto rc = p.wait_for(bound);
+  if (!rc) {
+    ADD_FAILURE() << "process " << p.pid() << " hung for " << bound.count() << " s";
+    p.signal(SIGKILL);
+    rc = p.wait_for(std::chrono::seconds(10));
   }
   nlohmann::json j;
+  const auto& out = p.output();
   auto pos = out.rfind('{');
   if (pos != std::string::npos) j = nlohmann::json::parse(out.substr(pos), nullptr, false);
-  return {WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st), j};
+  return {rc.value_or(-SIGKILL), j};
 }
 
 class GpuTransport : public ::testing::Test {
@@ -132,7 +108,7 @@ TEST_P(GpuTransportFrames, NoTornStaleOrForeignFrameIsAccepted) {
     EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
     verified += j.value("verified", 0ull);
   }
-  kill(src.pid, SIGTERM);
+  src.signal(SIGTERM);
   auto [rc, j] = finish(src);
   EXPECT_EQ(rc, 0);
   EXPECT_GE(verified, c.frames * c.consumers);
@@ -157,8 +133,8 @@ TEST_F(GpuTransport, WriteIntoReadOnlyMappingFaultsOnlyThatConsumer) {
   auto [rc_good, jg] = finish(good);
   EXPECT_EQ(rc_good, 0) << jg.dump();
   EXPECT_EQ(jg.value("bad", 1), 0u);
-  EXPECT_EQ(kill(src.pid, 0), 0) << "the producer must survive a consumer's fault";
-  kill(src.pid, SIGTERM);
+  EXPECT_TRUE(src.running() && !src.wait_for(std::chrono::milliseconds(0))) << "the producer must survive a consumer's fault";
+  src.signal(SIGTERM);
   EXPECT_EQ(finish(src).first, 0);
 }
 
@@ -167,7 +143,7 @@ TEST_F(GpuTransport, ProducerKilledWithPendingWaitsThenRestartedIsPickedUp) {
   auto a = sink(0, 4000, 0, false, 30);
   auto b = sink(1, 4000, 0, false, 30);
   std::this_thread::sleep_for(std::chrono::milliseconds(600));
-  kill(src.pid, SIGKILL);
+  src.signal(SIGKILL);
   finish(src);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   auto src2 = source(4 << 20, 0, 2000);
@@ -177,7 +153,7 @@ TEST_F(GpuTransport, ProducerKilledWithPendingWaitsThenRestartedIsPickedUp) {
     EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
     EXPECT_GE(j.value("reconnects", 0), 1) << j.dump();
   }
-  kill(src2.pid, SIGTERM);
+  src2.signal(SIGTERM);
   EXPECT_EQ(finish(src2).first, 0);
 }
 
@@ -186,12 +162,12 @@ TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
   auto victim = sink(0, 0, 3.0);  // slow, holds frames
   auto survivor = sink(1, 5000);
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  kill(victim.pid, SIGKILL);
+  victim.signal(SIGKILL);
   finish(victim);
   auto [rc, j] = finish(survivor);
   EXPECT_EQ(rc, 0) << j.dump();
   EXPECT_EQ(j.value("bad", 1), 0u);
-  kill(src.pid, SIGTERM);
+  src.signal(SIGTERM);
   auto [rcs, js] = finish(src);
   EXPECT_EQ(rcs, 0);
   EXPECT_GE(js.value("published", 0ull), 5000u);
@@ -203,7 +179,7 @@ TEST_F(GpuTransport, LegacyIpcMemoryKindCarriesVerifiedFrames) {
   auto [rc, j] = finish(s);
   EXPECT_EQ(rc, 0) << j.dump();
   EXPECT_EQ(j.value("bad", 1), 0u);
-  kill(src.pid, SIGTERM);
+  src.signal(SIGTERM);
   EXPECT_EQ(finish(src).first, 0);
 }
 

@@ -46,6 +46,9 @@ nlohmann::json measure_fences() {
     auto t0 = std::chrono::steady_clock::now();
     words[0].store(i, std::memory_order_release);
     while (words[8].load(std::memory_order_acquire) < i) {
+      if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(1)) {
+        throw CudaError("the GPU did not answer a fence write within 1 s");
+      }
     }
     hop.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
   }
@@ -107,7 +110,13 @@ nlohmann::json probe(bool measure) {
     }
     j["devices"] = devs;
     j["memory_kind"] = all_vmm ? "cuda-vmm" : "cuda-ipc";
-    if (measure) j["fences"] = measure_fences();
+    if (measure) {
+      try {
+        j["fences"] = measure_fences();
+      } catch (const std::exception& e) {
+        j["fences"] = {{"error", e.what()}};  // the device is still usable; the measurement failed
+      }
+    }
   } catch (const std::exception& e) {
     j["usable"] = false;
     j["reason"] = e.what();

@@ -73,6 +73,7 @@ class Publisher {
   std::unique_ptr<ProducerTransport> transport_;
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<Subscription>> subs_;
+  std::vector<std::uint64_t> wait_scratch_;  // per-subscription GPU wait values (acquire)
   std::uint64_t next_seq_ = 1;
   std::uint32_t last_slot_ = 0;
   std::uint64_t next_sub_id_ = 1;

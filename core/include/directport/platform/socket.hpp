@@ -48,7 +48,9 @@ class LocalSocket {
   // Accepts one pending connection, or nullopt if none is pending (non-blocking).
   std::optional<LocalSocket> accept();
 
-  void send(const std::string& bytes, const std::vector<int>& fds = {});
+  // Sends one message. With `nonblocking`, a full socket (a peer that does not read) throws
+  // SystemError(EAGAIN) instead of waiting.
+  void send(const std::string& bytes, const std::vector<int>& fds = {}, bool nonblocking = false);
   // Receives one message; nullopt on EOF (peer gone). Throws TimeoutError after `timeout`
   // (negative = wait forever), ValidationError on oversized messages or too many descriptors.
   std::optional<Message> receive(std::chrono::milliseconds timeout);

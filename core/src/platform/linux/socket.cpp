@@ -81,7 +81,7 @@ std::optional<LocalSocket> LocalSocket::accept() {
   return LocalSocket(UniqueFd(c));
 }
 
-void LocalSocket::send(const std::string& bytes, const std::vector<int>& fds) {
+void LocalSocket::send(const std::string& bytes, const std::vector<int>& fds, bool nonblocking) {
   DP_EXPECTS(bytes.size() <= kMaxMessageBytes, "message exceeds the 64 KiB bound");
   DP_EXPECTS(fds.size() <= kMaxMessageFds, "too many descriptors in one message");
   iovec iov{const_cast<char*>(bytes.data()), bytes.size()};
@@ -99,7 +99,8 @@ void LocalSocket::send(const std::string& bytes, const std::vector<int>& fds) {
     c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
-  DP_POSIX_CHECK(::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL), "sending a broker message");
+  DP_POSIX_CHECK(::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0)),
+                 "sending a broker message");
 }
 
 std::optional<Message> LocalSocket::receive(std::chrono::milliseconds timeout) {

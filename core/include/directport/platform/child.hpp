@@ -1,0 +1,49 @@
+// A child process running another program (fork + exec), owned: destruction kills and reaps it,
+// and it is killed too if this process dies (PR_SET_PDEATHSIG). Used by the demo, benchmarks and
+// multi-process tests, which must never leave orphans behind.
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "directport/platform/fd.hpp"
+
+namespace dp::platform {
+
+class Child {
+ public:
+  struct Options {
+    bool capture_stdout = false;  // otherwise the child shares our stdout
+  };
+
+  // argv[0] is the program's path. Throws SystemError if fork fails; a failed exec makes the
+  // child exit with 127.
+  static Child spawn(const std::vector<std::string>& argv, Options opts);
+  static Child spawn(const std::vector<std::string>& argv) { return spawn(argv, Options{}); }
+
+  Child() = default;
+  ~Child();
+  Child(Child&& o) noexcept;
+  Child& operator=(Child&& o) noexcept;
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  // Waits up to `timeout` (negative: forever) for the child to exit, collecting its stdout
+  // meanwhile. Returns the exit code, or minus the signal that ended it; nullopt on timeout.
+  std::optional<int> wait_for(std::chrono::milliseconds timeout);
+  void signal(int sig) noexcept;
+  bool running() const noexcept { return pid_ > 0 && !status_; }
+  int pid() const noexcept { return pid_; }
+  const std::string& output() const noexcept { return out_; }
+
+ private:
+  void drain(int timeout_ms);
+  int pid_ = -1;
+  UniqueFd stdout_;
+  std::string out_;
+  std::optional<int> status_;
+};
+
+}  // namespace dp::platform
