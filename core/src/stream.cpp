@@ -20,8 +20,8 @@ struct Publisher::Subscription {
   std::uint64_t id = 0;
   std::uint64_t connection_id = 0;
   std::string client;
-  platform::UniqueFd fd;        // kept to map the page writable if the consumer dies
-  platform::Segment mapping;    // read-only view of the consumer's release page
+  platform::Segment mapping;    // read-only view of the consumer's release page (its fd is kept
+                                // to map the page writable if the consumer dies)
   ReleasePageView view;
 };
 
@@ -140,7 +140,6 @@ nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const st
   auto s = std::make_unique<Subscription>();
   s->connection_id = connection_id;
   s->client = client;
-  s->fd = release_page.dup();
   s->mapping = platform::Segment::map_fd(std::move(release_page), protocol::kFencePageBytes, platform::Access::read_only);
   s->view.records = static_cast<const ReleaseRecord*>(s->mapping.data());
   transport_->attach(s->view, s->mapping);
@@ -159,7 +158,7 @@ void Publisher::release_dead(Subscription& s) noexcept {
   // A dead consumer can no longer signal: write its pending "released" words ourselves so that
   // no wait of ours (CPU or GPU) stays blocked on it (DESIGN §3 exception to single-writer).
   try {
-    auto rw = platform::Segment::map_fd(s.fd.dup(), protocol::kFencePageBytes, platform::Access::read_write);
+    auto rw = platform::Segment::map_fd(s.mapping.fd().dup(), protocol::kFencePageBytes, platform::Access::read_write);
     auto* recs = static_cast<ReleaseRecord*>(rw.data());
     for (std::uint32_t k = 0; k < spec_.slots; ++k) {
       std::uint64_t held = recs[k].held.load();
