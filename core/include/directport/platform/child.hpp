@@ -16,6 +16,7 @@ class Child {
  public:
   struct Options {
     bool capture_stdout = false;  // otherwise the child shares our stdout
+    bool merge_stderr = false;    // with capture_stdout: stderr goes into the same pipe
   };
 
   // argv[0] is the program's path. Throws SystemError if fork fails; a failed exec makes the
@@ -34,6 +35,11 @@ class Child {
   // meanwhile. Returns the exit code, or minus the signal that ended it; nullopt on timeout.
   std::optional<int> wait_for(std::chrono::milliseconds timeout);
   void signal(int sig) noexcept;
+  // For callers multiplexing several children: the captured output's descriptor (-1 if none or
+  // at EOF), a non-blocking read of what is there, and the complete lines read so far.
+  int output_fd() const noexcept { return stdout_.get(); }
+  void pump() { drain(0); }
+  std::vector<std::string> take_lines();
   bool running() const noexcept { return pid_ > 0 && !status_; }
   int pid() const noexcept { return pid_; }
   const std::string& output() const noexcept { return out_; }

@@ -36,6 +36,7 @@ Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive the parent
     if (::getppid() != parent) _exit(126);  // the parent died before prctl took effect
     if (p[1] >= 0) ::dup2(p[1], 1);         // dup2 clears O_CLOEXEC on the copy
+    if (p[1] >= 0 && opts.merge_stderr) ::dup2(p[1], 2);
     ::execv(args[0], args.data());
     _exit(127);
   }
@@ -102,6 +103,20 @@ std::optional<int> Child::wait_for(std::chrono::milliseconds timeout) {
       ::usleep(2000);
     }
   }
+}
+
+std::vector<std::string> Child::take_lines() {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  for (std::size_t nl; (nl = out_.find('\n', start)) != std::string::npos; start = nl + 1) {
+    lines.push_back(out_.substr(start, nl - start));
+  }
+  out_.erase(0, start);
+  if (!stdout_ && !out_.empty()) {  // EOF: the last line has no newline
+    lines.push_back(std::move(out_));
+    out_.clear();
+  }
+  return lines;
 }
 
 void Child::signal(int sig) noexcept {
