@@ -3,6 +3,8 @@
 #include <exception>
 
 #include "commands.hpp"
+#include "directport/core/runtime.hpp"
+#include "nodes.hpp"
 #include "directport/core/error.hpp"
 
 int main(int argc, char** argv) {
@@ -12,6 +14,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "directport 0.1.0");
   int exit_code = 0;
+  dp::cli::register_builtin_nodes(dp::NodeRegistry::instance());
   dp::cli::add_doctor(app, exit_code);
   dp::cli::add_ls(app, exit_code);
   dp::cli::add_inspect(app, exit_code);

@@ -62,14 +62,14 @@ class GpuTransport : public ::testing::Test {
     EXPECT_TRUE(dp::list_nodes(domain_).empty()) << "manifests left behind in " << domain_;
   }
   Proc source(std::uint64_t bytes, int wait_subs, double rate = 0, const std::string& memory = "cuda-vmm") {
-    auto p = spawn({"node", "pattern-source", "-n", "src", "-p", "domain=" + domain_, "-p", "bytes=" + std::to_string(bytes),
+    auto p = spawn({"node", "pattern-source", "-n", "src", "-d", domain_, "-p", "bytes=" + std::to_string(bytes),
                     "-p", "memory=" + memory, "-p", "rate_hz=" + std::to_string(rate), "-p",
                     "wait_subscribers=" + std::to_string(wait_subs)});
     wait_running("src");
     return p;
   }
   Proc sink(int i, std::uint64_t frames, double hold_ms = 0, bool probe = false, double timeout_s = 20) {
-    return spawn({"node", "checksum-sink", "-n", "sink" + std::to_string(i), "-p", "domain=" + domain_, "-p",
+    return spawn({"node", "checksum-sink", "-n", "sink" + std::to_string(i), "-d", domain_, "-p",
                   "from=src/frames", "-p", "frames=" + std::to_string(frames), "-p", "hold_ms=" + std::to_string(hold_ms),
                   "-p", std::string("write_probe=") + (probe ? "true" : "false"), "-p",
                   "timeout_s=" + std::to_string(timeout_s)});

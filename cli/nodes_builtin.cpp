@@ -1,0 +1,241 @@
+// The built-in node types: `pattern-source` publishes self-verifying frames (seq, seeded random
+// fill, checksum) and `checksum-sink` verifies every frame it takes. They are the smallest real
+// graph, and the probes of the tests, the chaos runs and the demo.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <thread>
+
+#include "directport/core/error.hpp"
+#include "directport/core/names.hpp"
+#include "directport/core/runtime.hpp"
+#include "directport/cuda/device.hpp"
+#include "directport/kernels/checksum.hpp"
+#include "directport/kernels/frame_check.hpp"
+#include "nodes.hpp"
+#if DIRECTPORT_HAS_CUDA
+#include <cuda_runtime_api.h>
+
+#include "directport/cuda/driver.hpp"
+#endif
+
+namespace dp::cli {
+namespace {
+
+MemoryKind choose_memory(const std::string& m) {
+  if (m == "auto") return cuda::gpu_available() ? MemoryKind::cuda_vmm : MemoryKind::host;
+  try {
+    return parse_memory_kind(m);
+  } catch (const ValidationError& e) {
+    throw ValidationError(std::string(e.what()) + "; or 'auto' (GPU if there is one)");
+  }
+}
+
+#if DIRECTPORT_HAS_CUDA
+struct GpuScratch {
+  cudaStream_t stream = nullptr;
+  std::uint64_t* host = nullptr;  // mapped: [0] scratch, [8] result
+  std::uint64_t* dev = nullptr;
+  GpuScratch() {
+    DP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), 128, cudaHostAllocMapped));
+    DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
+  }
+  ~GpuScratch() {
+    if (stream) cudaStreamDestroy(stream);
+    if (host) cudaFreeHost(host);
+  }
+  GpuStream gs() const { return reinterpret_cast<GpuStream>(stream); }
+};
+#endif
+
+int run_pattern_source(NodeContext& ctx) {
+  const auto& name = ctx.name();
+  const auto& p = ctx.params();
+  StreamSpec spec;
+  spec.name = p["stream"].get<std::string>();
+  auto bytes = p["bytes"].get<std::uint64_t>();
+  if (bytes % 8 || bytes < kernels::kMinStampedBytes) {
+    throw ValidationError("param 'bytes' must be a multiple of 8 and at least 24, got " + std::to_string(bytes));
+  }
+  spec.dtype = DType::u64;
+  spec.shape = {static_cast<std::int64_t>(bytes / 8)};
+  spec.slots = p["slots"].get<std::uint32_t>();
+  spec.memory = choose_memory(p["memory"].get<std::string>());
+  spec.fence = spec.memory == MemoryKind::host ? FenceKind::host_futex : FenceKind::cuda_memop;
+  double rate = p["rate_hz"].get<double>();
+  auto frames = p["frames"].get<std::uint64_t>();
+  auto wait_subs = p["wait_subscribers"].get<std::uint64_t>();
+
+  Node& node = ctx.node();
+  auto& pub = node.advertise(spec);
+  node.set_running();
+  std::fprintf(stderr, "[%s] publishing %s/%s: %llu bytes, %s memory\n", name.c_str(), name.c_str(), spec.name.c_str(),
+               static_cast<unsigned long long>(bytes), memory_kind_name(spec.memory));
+  while (pub.counters().subscribers < wait_subs && NodeContext::sleep_for(std::chrono::milliseconds(5))) {
+  }
+#if DIRECTPORT_HAS_CUDA
+  std::unique_ptr<GpuScratch> gpu;
+  if (spec.memory != MemoryKind::host) gpu = std::make_unique<GpuScratch>();
+#endif
+  auto period = std::chrono::nanoseconds(rate > 0 ? static_cast<std::int64_t>(1e9 / rate) : 0);
+  auto next = std::chrono::steady_clock::now();
+  std::uint64_t n = 0;
+  while (!NodeContext::stop_requested() && (frames == 0 || n < frames)) {
+    auto lease = [&] {
+#if DIRECTPORT_HAS_CUDA
+      if (gpu) return pub.acquire(gpu->gs());
+#endif
+      return pub.acquire();
+    }();
+    if (!lease) continue;  // dropped (counted); try again
+    std::uint64_t seed = lease->seq * 7919 + 17;
+#if DIRECTPORT_HAS_CUDA
+    if (gpu) {
+      kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->dev, gpu->gs());
+      pub.publish(*lease, {lease->seq, 0, 0}, gpu->gs());
+    } else
+#endif
+    {
+      kernels::stamp_frame_cpu(lease->data, lease->bytes, lease->seq, seed);
+      pub.publish(*lease, {lease->seq, 0, 0});
+    }
+    ++n;
+    if (period.count()) {
+      next += period;
+      std::this_thread::sleep_until(next);
+    }
+  }
+#if DIRECTPORT_HAS_CUDA
+  if (gpu) cudaStreamSynchronize(gpu->stream);
+#endif
+  auto c = pub.counters();
+  std::cout << nlohmann::json{{"node", name}, {"type", "pattern-source"}, {"published", c.published}, {"dropped", c.dropped}}.dump()
+            << std::endl;
+  return 0;
+}
+
+int run_checksum_sink(NodeContext& ctx) {
+  const auto& name = ctx.name();
+  const auto& p = ctx.params();
+  auto from = p["from"].get<std::string>();
+  auto frames = p["frames"].get<std::uint64_t>();
+  auto timeout_s = p["timeout_s"].get<double>();
+  auto hold_ms = p["hold_ms"].get<double>();
+  // Test hook: write into the first frame received, which must fault (read-only mapping).
+  auto write_probe = p["write_probe"].get<bool>();
+
+  Node& node = ctx.node();
+  auto sub = node.subscribe(from);
+  node.set_running();
+  const bool on_gpu = sub.spec().memory != MemoryKind::host;
+#if DIRECTPORT_HAS_CUDA
+  std::unique_ptr<GpuScratch> gpu;
+  if (on_gpu) gpu = std::make_unique<GpuScratch>();
+#else
+  if (on_gpu) throw Error("stream " + from + " is on the GPU but this build has no CUDA");
+#endif
+  std::uint64_t ok = 0, bad = 0;
+  auto last_frame = std::chrono::steady_clock::now();
+  while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
+    GpuStream gs = nullptr;
+#if DIRECTPORT_HAS_CUDA
+    if (gpu) gs = gpu->gs();
+#endif
+    auto f = sub.next(std::chrono::milliseconds(100), gs);
+    if (!f) {
+      if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
+        std::fprintf(stderr, "[%s] no frame from %s for %.1f s: giving up\n", name.c_str(), from.c_str(), timeout_s);
+        break;
+      }
+      continue;
+    }
+    last_frame = std::chrono::steady_clock::now();
+    std::uint64_t result;
+    if (write_probe) {
+#if DIRECTPORT_HAS_CUDA
+      if (gpu) {
+        kernels::poke_gpu(const_cast<void*>(f->data), 42, gs);
+        cudaError_t rc = cudaStreamSynchronize(gpu->stream);
+        std::fprintf(stderr, "[%s] write into the read-only mapping: %s\n", name.c_str(), cudaGetErrorName(rc));
+        // A faulted CUDA context cannot be torn down reliably: leave at once and let the OS
+        // reclaim everything (the producer sees EOF and releases our holds).
+        std::fflush(nullptr);
+        _exit(rc == cudaSuccess ? 4 : 3);
+      }
+#endif
+      throw Error("write_probe needs a GPU stream");
+    }
+#if DIRECTPORT_HAS_CUDA
+    if (gpu) {
+      kernels::verify_frame_gpu(f->data, f->bytes, f->seq, gpu->dev, gpu->dev + 8, gs);
+      if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
+      sub.release(*f, gs);
+      DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
+      result = gpu->host[8];
+    } else
+#endif
+    {
+      result = kernels::verify_frame_cpu(f->data, f->bytes, f->seq);
+      if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
+      sub.release(*f);
+    }
+    if (!sub.is_valid(*f)) {
+      continue;  // the producer died before completing it: counted as invalidated, never accepted
+    }
+    if (result == kernels::kFrameOk) {
+      ++ok;
+    } else {
+      ++bad;
+      std::fprintf(stderr, "[%s] frame seq %llu failed verification (code %llu)\n", name.c_str(),
+                   static_cast<unsigned long long>(f->seq), static_cast<unsigned long long>(result));
+    }
+  }
+  auto c = sub.counters();
+  std::cout << nlohmann::json{{"node", name},         {"type", "checksum-sink"}, {"from", from},
+                              {"verified", ok},       {"bad", bad},              {"missed", c.missed},
+                              {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects}}
+                   .dump()
+            << std::endl;
+  return bad == 0 && (frames == 0 || ok >= frames) ? 0 : 2;
+}
+
+}  // namespace
+
+MemoryKind parse_memory_choice(const std::string& m) { return choose_memory(m); }
+
+void register_builtin_nodes(NodeRegistry& r) {
+  using T = ParamType;
+  NodeType src;
+  src.type = "pattern-source";
+  src.help = "publishes self-verifying frames (seq, seeded random fill, checksum)";
+  src.params = {{"stream", T::string, "frames", false, "name of the published stream"},
+                {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
+                {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
+                {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc"},
+                {"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
+                {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
+                {"wait_subscribers", T::integer, 0, false, "publish only once this many consumers are there"}};
+  src.publishes = [](const nlohmann::json& p) { return std::vector<std::string>{p["stream"].get<std::string>()}; };
+  src.subscribes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
+  src.run = run_pattern_source;
+  r.add(std::move(src));
+
+  NodeType sink;
+  sink.type = "checksum-sink";
+  sink.help = "verifies every frame of a pattern-source stream";
+  sink.params = {{"from", T::string, nullptr, true, "the stream to verify, NODE/STREAM"},
+                 {"frames", T::integer, 0, false, "stop after verifying this many (0: until stopped)"},
+                 {"timeout_s", T::number, 10.0, false, "give up after this long without a frame"},
+                 {"hold_ms", T::number, 0.0, false, "hold each frame this long (a slow consumer)"},
+                 {"write_probe", T::boolean, false, false, "test hook: write into the read-only mapping"}};
+  sink.publishes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
+  sink.subscribes = [](const nlohmann::json& p) { return std::vector<std::string>{p["from"].get<std::string>()}; };
+  sink.run = run_checksum_sink;
+  r.add(std::move(sink));
+}
+
+}  // namespace dp::cli
