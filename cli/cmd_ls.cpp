@@ -76,13 +76,18 @@ void add_ls(CLI::App& app, int& exit_code) {
     if (nodes.empty()) {
       std::printf("no nodes in domain '%s'\n", domain.c_str());
     } else {
-      std::printf("%-20s %8s %-9s %-8s %s\n", "NODE", "PID", "STATE", "LIVE", "STREAMS (consumers)");
+      std::printf("%-20s %8s %-9s %-8s %s\n", "NODE", "PID", "STATE", "LIVE", "STREAMS (consumers) / <- SUBSCRIPTIONS");
       for (auto& n : nodes) {
         std::string streams;
         if (n.doc.is_object()) {
           for (auto& s : n.doc["streams"]) {
             streams += (streams.empty() ? "" : ", ") + s["name"].get<std::string>() + " " + shape_text(s) + " " +
                        s.value("memory", "?") + " (" + std::to_string(s.value("consumers", nlohmann::json::array()).size()) + ")";
+          }
+        }
+        if (n.doc.is_object()) {
+          for (auto& sub : n.doc.value("subscriptions", nlohmann::json::array())) {
+            streams += (streams.empty() ? "<- " : ", <- ") + sub.get<std::string>();
           }
         }
         if (!n.problem.empty()) streams = "unreadable: " + n.problem;

@@ -11,5 +11,7 @@ void add_ls(CLI::App& app, int& exit_code);
 void add_inspect(CLI::App& app, int& exit_code);
 void add_node(CLI::App& app, int& exit_code);
 void add_demo(CLI::App& app, int& exit_code);
+void add_launch(CLI::App& app, int& exit_code);
+void add_top(CLI::App& app, int& exit_code);
 
 }  // namespace dp::cli

@@ -73,7 +73,7 @@ int run_pattern_source(NodeContext& ctx) {
   Node& node = ctx.node();
   auto& pub = node.advertise(spec);
   node.set_running();
-  std::fprintf(stderr, "[%s] publishing %s/%s: %llu bytes, %s memory\n", name.c_str(), name.c_str(), spec.name.c_str(),
+  std::fprintf(stderr, "publishing %s/%s: %llu bytes, %s memory\n", name.c_str(), spec.name.c_str(),
                static_cast<unsigned long long>(bytes), memory_kind_name(spec.memory));
   while (pub.counters().subscribers < wait_subs && NodeContext::sleep_for(std::chrono::milliseconds(5))) {
   }

@@ -194,11 +194,14 @@ nlohmann::json Publisher::consumers() const {
   nlohmann::json out = nlohmann::json::array();
   for (auto& s : subs_) {
     nlohmann::json held = nlohmann::json::array();
+    std::uint64_t last = 0;  // the newest frame this consumer took (held or released)
     for (std::uint32_t k = 0; k < spec_.slots; ++k) {
       auto h = s->view.records[k].held.load();
       if (h && s->view.records[k].released.load() < h) held.push_back(h);
+      last = std::max(last, h);
     }
-    out.push_back({{"subscription", s->id}, {"client", s->client}, {"connection", s->connection_id}, {"holding", held}});
+    out.push_back({{"subscription", s->id}, {"client", s->client}, {"connection", s->connection_id}, {"holding", held},
+                   {"last_taken", last}, {"lag", last ? control_.latest_seq.load() - std::min(last, control_.latest_seq.load()) : 0}});
   }
   return out;
 }

@@ -1,5 +1,6 @@
 // A child process running another program (fork + exec), owned: destruction kills and reaps it,
-// and it is killed too if this process dies (PR_SET_PDEATHSIG). Used by the demo, benchmarks and
+// and it is killed too if this process dies (PR_SET_PDEATHSIG; on Windows CreateProcessW in a
+// kill-on-close job object). Used by the demo, benchmarks and
 // multi-process tests, which must never leave orphans behind.
 #pragma once
 
@@ -20,7 +21,7 @@ class Child {
   };
 
   // argv[0] is the program's path. Throws SystemError if fork fails; a failed exec makes the
-  // child exit with 127.
+  // child exit with 127 (Windows: CreateProcessW finding no program reports 127 the same way).
   static Child spawn(const std::vector<std::string>& argv, Options opts);
   static Child spawn(const std::vector<std::string>& argv) { return spawn(argv, Options{}); }
 
@@ -34,6 +35,8 @@ class Child {
   // Waits up to `timeout` (negative: forever) for the child to exit, collecting its stdout
   // meanwhile. Returns the exit code, or minus the signal that ended it; nullopt on timeout.
   std::optional<int> wait_for(std::chrono::milliseconds timeout);
+  // Windows has no signals: SIGINT/SIGQUIT/SIGABRT/SIGKILL/SIGTERM end the child with
+  // TerminateProcess (reported as -sig), 0 does nothing, any other is logged and not sent.
   void signal(int sig) noexcept;
   // For callers multiplexing several children: the captured output's descriptor (-1 if none or
   // at EOF), a non-blocking read of what is there, and the complete lines read so far.
@@ -50,6 +53,11 @@ class Child {
   UniqueFd stdout_;
   std::string out_;
   std::optional<int> status_;
+#if defined(_WIN32)
+  UniqueFd process_;  // the process object (CreateProcessW)
+  UniqueFd job_;      // kill-on-close job: the child dies with us
+  int killed_by_ = 0;  // the signal() that ended it, reported as -signal
+#endif
 };
 
 }  // namespace dp::platform

@@ -8,7 +8,7 @@ namespace dp::platform {
 
 struct ProcessIdentity {
   std::int64_t pid = 0;
-  std::uint64_t start_time = 0;  // OS-specific ticks since boot; 0 = unknown
+  std::uint64_t start_time = 0;  // OS-specific: Linux ticks since boot, Windows creation FILETIME; 0 = unknown
   bool operator==(const ProcessIdentity& o) const { return pid == o.pid && start_time == o.start_time; }
   bool operator!=(const ProcessIdentity& o) const { return !(*this == o); }
 };

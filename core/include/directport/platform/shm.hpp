@@ -2,7 +2,8 @@
 // as a descriptor over the broker, e.g. stream memory and fence pages).
 //
 // Ownership: a Segment owns its mapping and, for named segments it created, optionally the name
-// (unlinked on destruction). Not thread-safe; the mapped bytes are shared and synchronised by
+// (unlinked on destruction). Windows: named file mappings in the session's Local\ namespace with
+// a DACL for the current user only; a name lives while any handle to it is open (docs/windows.md). Not thread-safe; the mapped bytes are shared and synchronised by
 // the protocol above this layer.
 #pragma once
 
@@ -70,6 +71,9 @@ class Segment {
   Access access_ = Access::read_only;
   bool unlink_on_close_ = false;
   bool sealed_ = false;
+#if defined(_WIN32)
+  UniqueFd lock_;  // the owner lock (a single-instance pipe, see windows/shm.cpp), once taken
+#endif
 };
 
 }  // namespace dp::platform

@@ -3,10 +3,16 @@
 // Linux: AF_UNIX SOCK_SEQPACKET in the abstract namespace (no file to leak), SCM_RIGHTS for
 // descriptors, SO_PEERCRED for the peer's pid/uid. Message boundaries are preserved; EOF means the
 // peer closed or died.
+//
+// Windows: a message-mode named pipe \\.\pipe\NAME whose DACL admits only the current user;
+// the "descriptors" of a message are handles the sender duplicates into the receiving process;
+// the peer's identity is its pid (GetNamedPipeClient/ServerProcessId) and its token's user SID.
+// See docs/windows.md.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,7 +56,8 @@ class LocalSocket {
 
   // Sends one message. With `nonblocking`, a full socket (a peer that does not read) throws
   // SystemError(EAGAIN) instead of waiting.
-  void send(const std::string& bytes, const std::vector<int>& fds = {}, bool nonblocking = false);
+  void send(const std::string& bytes, const std::vector<NativeHandle>& fds = {},
+            bool nonblocking = false);
   // Receives one message; nullopt on EOF (peer gone). Throws TimeoutError after `timeout`
   // (negative = wait forever), ValidationError on oversized messages or too many descriptors.
   std::optional<Message> receive(std::chrono::milliseconds timeout);
@@ -58,11 +65,18 @@ class LocalSocket {
   bool peer_closed();
 
   PeerCredentials peer_credentials() const;
-  int fd() const noexcept { return fd_.get(); }
+  NativeHandle fd() const noexcept { return fd_.get(); }
   explicit operator bool() const noexcept { return static_cast<bool>(fd_); }
 
  private:
   UniqueFd fd_;
+#if defined(_WIN32)
+  // A pipe has no listening object apart from its instances: a listener keeps its name and the
+  // instance waiting for the next client; a connection keeps its peer's process (to duplicate
+  // handles into). Defined in platform/windows/socket.cpp.
+  struct PipeState;
+  std::shared_ptr<PipeState> pipe_;
+#endif
 };
 
 }  // namespace dp::platform
