@@ -56,6 +56,7 @@ GraphConfig parse_graph_config(const nlohmann::json& j) {
   }
   std::set<std::string> names;
   std::map<std::string, std::set<std::string>> published;  // node -> streams
+  std::vector<std::size_t> index_in_file;                  // of each entry of g.nodes
   const auto& reg = NodeRegistry::instance();
   if (j.contains("nodes") && j["nodes"].is_array()) {
     for (std::size_t i = 0; i < j["nodes"].size(); ++i) {
@@ -114,23 +115,35 @@ GraphConfig parse_graph_config(const nlohmann::json& j) {
           c.params = validate_params(*t, n.contains("params") ? n["params"] : nlohmann::json::object(), path + ".params");
           c.publishes = t->publishes(c.params);
           c.subscribes = t->subscribes(c.params);
-          for (auto& s : c.publishes) published[c.name].insert(s);
+          bool names_ok = true;
+          for (auto& s : c.publishes) {
+            if (!is_valid_name(s)) {
+              err(path + ".params: publishes a stream named '" + s +
+                  "', which is not a valid name (A-Z a-z 0-9 _ -, 1..48)");
+              names_ok = false;
+            }
+          }
+          // Only nodes whose own entry is sound take part in the cross-node check below.
+          if (names_ok && !c.name.empty()) published[c.name].insert(c.publishes.begin(), c.publishes.end());
         } catch (const ValidationError& e) {
           err(e.what());
         }
       }
       g.nodes.push_back(std::move(c));
+      index_in_file.push_back(i);
     }
   }
   // Every subscription must name a stream some node of this graph publishes.
   for (std::size_t i = 0; i < g.nodes.size(); ++i) {
     for (auto& addr : g.nodes[i].subscribes) {
-      std::string path = "nodes[" + std::to_string(i) + "] (" + g.nodes[i].name + ").params";
+      std::string path = "nodes[" + std::to_string(index_in_file[i]) + "] (" + g.nodes[i].name + ").params";
       try {
         auto a = parse_stream_address(addr);
         auto it = published.find(a.node);
         if (a.stream.empty()) {
           err(path + ": '" + addr + "' must be NODE/STREAM");
+        } else if (it == published.end() && names.count(a.node)) {
+          // The node exists but its own entry has problems, already reported: say nothing more.
         } else if (it == published.end()) {
           err(path + ": subscribes to '" + addr + "' but the graph has no node '" + a.node + "'");
         } else if (!it->second.count(a.stream)) {
