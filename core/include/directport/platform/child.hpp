@@ -1,7 +1,7 @@
 // A child process running another program (fork + exec), owned: destruction kills and reaps it,
 // and it is killed too if this process dies (PR_SET_PDEATHSIG; on Windows CreateProcessW in a
-// kill-on-close job object). Used by the demo, benchmarks and
-// multi-process tests, which must never leave orphans behind.
+// kill-on-close job object). Used by the demo, benchmarks and multi-process tests, which must
+// never leave orphans behind.
 #pragma once
 
 #include <chrono>
@@ -38,9 +38,9 @@ class Child {
   // Windows has no signals: SIGINT/SIGQUIT/SIGABRT/SIGKILL/SIGTERM end the child with
   // TerminateProcess (reported as -sig), 0 does nothing, any other is logged and not sent.
   void signal(int sig) noexcept;
-  // For callers multiplexing several children: the captured output's descriptor (-1 if none or
-  // at EOF), a non-blocking read of what is there, and the complete lines read so far.
-  int output_fd() const noexcept { return stdout_.get(); }
+  // For callers multiplexing several children: the captured output's descriptor (kNoHandle if
+  // none or at EOF), a non-blocking read of what is there, and the complete lines read so far.
+  NativeHandle output_fd() const noexcept { return stdout_.get(); }
   void pump() { drain(0); }
   std::vector<std::string> take_lines();
   bool running() const noexcept { return pid_ > 0 && !status_; }

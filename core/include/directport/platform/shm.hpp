@@ -72,7 +72,8 @@ class Segment {
   bool unlink_on_close_ = false;
   bool sealed_ = false;
 #if defined(_WIN32)
-  UniqueFd lock_;  // the owner lock (a single-instance pipe, see windows/shm.cpp), once taken
+  UniqueFd lock_;         // the owner lock (a single-instance pipe, see windows/shm.cpp), once taken
+  bool created_ = false;  // created by name here: a disowned name is kept alive by this process
 #endif
 };
 
