@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
   CLI::App app{"DirectPort: zero-copy GPU tensor sharing between processes, and the tools around it.\n"
                "Domains isolate graphs (default: $DIRECTPORT_DOMAIN or 'default').",
                "directport"};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
   app.set_version_flag("--version", "directport 0.1.0");
   int exit_code = 0;
   dp::cli::register_builtin_nodes(dp::NodeRegistry::instance());
@@ -26,12 +26,19 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const dp::ValidationError& e) {  // bad input: config, params, names, manifests
+    std::fprintf(stderr, "directport: error: %s\n", e.what());
+    return 2;
   } catch (const dp::Error& e) {
     std::fprintf(stderr, "directport: error: %s\n", e.what());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "directport: unexpected error: %s\n", e.what());
     return 1;
+  }
+  if (app.get_subcommands().empty()) {
+    std::fprintf(stderr, "%s\ndirectport: a subcommand is required (see above)\n", app.help().c_str());
+    return 2;
   }
   return exit_code;
 }

@@ -168,7 +168,7 @@ GraphConfig parse_graph_config(const nlohmann::json& j) {
 
 GraphConfig load_graph_config(const std::string& path) {
   std::ifstream f(path);
-  if (!f) throw Error("cannot read config '" + path + "': " + std::strerror(errno));
+  if (!f) throw ValidationError("cannot read config '" + path + "': " + std::strerror(errno));
   std::stringstream ss;
   ss << f.rdbuf();
   if (ss.str().size() > (4u << 20)) throw ValidationError(path + ": config larger than 4 MiB");

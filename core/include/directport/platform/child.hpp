@@ -49,6 +49,7 @@ class Child {
 
  private:
   void drain(int timeout_ms);
+  void kill_and_reap() noexcept;
   int pid_ = -1;
   UniqueFd stdout_;
   std::string out_;

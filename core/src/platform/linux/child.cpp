@@ -49,21 +49,24 @@ Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
   return c;
 }
 
-Child::~Child() {
+void Child::kill_and_reap() noexcept {
   if (running()) {
     ::kill(pid_, SIGKILL);
     int st;
     while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
     }
   }
+  pid_ = -1;
 }
+
+Child::~Child() { kill_and_reap(); }
 
 Child::Child(Child&& o) noexcept
     : pid_(std::exchange(o.pid_, -1)), stdout_(std::move(o.stdout_)), out_(std::move(o.out_)), status_(o.status_) {}
 
 Child& Child::operator=(Child&& o) noexcept {
   if (this != &o) {
-    this->~Child();
+    kill_and_reap();
     pid_ = std::exchange(o.pid_, -1);
     stdout_ = std::move(o.stdout_);
     out_ = std::move(o.out_);
