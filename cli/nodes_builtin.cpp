@@ -139,6 +139,7 @@ int run_checksum_sink(NodeContext& ctx) {
   if (on_gpu) throw Error("stream " + from + " is on the GPU but this build has no CUDA");
 #endif
   std::uint64_t ok = 0, bad = 0;
+  bool gave_up = false;
   auto last_frame = std::chrono::steady_clock::now();
   while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
     GpuStream gs = nullptr;
@@ -148,7 +149,8 @@ int run_checksum_sink(NodeContext& ctx) {
     auto f = sub.next(std::chrono::milliseconds(100), gs);
     if (!f) {
       if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
-        std::fprintf(stderr, "[%s] no frame from %s for %.1f s: giving up\n", name.c_str(), from.c_str(), timeout_s);
+        std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from.c_str(), timeout_s);
+        gave_up = true;
         break;
       }
       continue;
@@ -160,7 +162,7 @@ int run_checksum_sink(NodeContext& ctx) {
       if (gpu) {
         kernels::poke_gpu(const_cast<void*>(f->data), 42, gs);
         cudaError_t rc = cudaStreamSynchronize(gpu->stream);
-        std::fprintf(stderr, "[%s] write into the read-only mapping: %s\n", name.c_str(), cudaGetErrorName(rc));
+        std::fprintf(stderr, "write into the read-only mapping: %s\n", cudaGetErrorName(rc));
         // A faulted CUDA context cannot be torn down reliably: leave at once and let the OS
         // reclaim everything (the producer sees EOF and releases our holds).
         std::fflush(nullptr);
@@ -190,7 +192,7 @@ int run_checksum_sink(NodeContext& ctx) {
       ++ok;
     } else {
       ++bad;
-      std::fprintf(stderr, "[%s] frame seq %llu failed verification (code %llu)\n", name.c_str(),
+      std::fprintf(stderr, "frame seq %llu failed verification (code %llu)\n",
                    static_cast<unsigned long long>(f->seq), static_cast<unsigned long long>(result));
     }
   }
@@ -200,7 +202,8 @@ int run_checksum_sink(NodeContext& ctx) {
                               {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects}}
                    .dump()
             << std::endl;
-  return bad == 0 && (frames == 0 || ok >= frames) ? 0 : 2;
+  // Giving up for lack of frames is a failure: the launcher's restart policy decides what next.
+  return bad == 0 && !gave_up && (frames == 0 || ok >= frames) ? 0 : 2;
 }
 
 }  // namespace

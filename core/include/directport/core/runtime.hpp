@@ -80,7 +80,8 @@ class NodeRegistry {
 nlohmann::json validate_params(const NodeType& t, const nlohmann::json& params, const std::string& path);
 
 // Runs one node of `type` in this process: validates params, installs SIGINT/SIGTERM handlers,
-// creates the Node, marks it running, calls the body, and withdraws the node cleanly.
+// creates the Node, calls the body (which marks the node running once its streams are set up:
+// Node::set_running), and withdraws the node cleanly.
 int run_node(const std::string& type, const std::string& name, const std::string& domain,
              const nlohmann::json& params);
 
