@@ -132,6 +132,53 @@ TEST(WinSocket, ListenConnectAcceptAndNames) {
   EXPECT_EQ(c1.peer_credentials().pid, static_cast<std::int64_t>(::GetCurrentProcessId()));
 }
 
+// Writes one raw pipe message, bypassing LocalSocket::send (a peer that does not follow the format).
+void write_raw(NativeHandle pipe, const std::string& bytes) {
+  OVERLAPPED ov{};
+  ov.hEvent = ::CreateEventW(nullptr, TRUE, FALSE, nullptr);
+  DWORD n = 0;
+  if (!::WriteFile(pipe, bytes.data(), static_cast<DWORD>(bytes.size()), nullptr, &ov)) {
+    ASSERT_EQ(::GetLastError(), static_cast<DWORD>(ERROR_IO_PENDING));
+  }
+  ASSERT_TRUE(::GetOverlappedResult(pipe, &ov, &n, TRUE));
+  ::CloseHandle(ov.hEvent);
+}
+
+std::string wire(std::uint32_t magic, std::uint32_t count, const std::vector<std::uint64_t>& handles,
+                 const std::string& payload) {
+  std::string w(8 + 8 * handles.size(), '\0');
+  std::memcpy(w.data(), &magic, 4);
+  std::memcpy(w.data() + 4, &count, 4);
+  if (!handles.empty()) std::memcpy(w.data() + 8, handles.data(), 8 * handles.size());
+  return w + payload;
+}
+
+TEST(WinSocket, ReceiveValidatesWhatThePeerSent) {
+  auto [a, b] = LocalSocket::pair();
+  const std::uint32_t magic = 0x31575044;
+  write_raw(a.fd(), "tiny");
+  EXPECT_THROW(b.receive(5s), ValidationError) << "shorter than the header";
+  write_raw(a.fd(), wire(0x12345678, 0, {}, "x"));
+  EXPECT_THROW(b.receive(5s), ValidationError) << "no magic";
+  {
+    // More than the pipe buffers: written from another thread while this one reads.
+    std::thread t([&, h = a.fd()] { write_raw(h, wire(magic, 0, {}, std::string(kMaxMessageBytes + 500, 'o'))); });
+    EXPECT_THROW(b.receive(5s), ValidationError) << "over 64 KiB";
+    t.join();
+  }
+  write_raw(a.fd(), wire(magic, 3, {0x4, 0x8}, ""));
+  EXPECT_THROW(b.receive(5s), ValidationError) << "fewer handles than it says";
+  write_raw(a.fd(), wire(magic, 1, {0x7ffffff0}, "p"));
+  EXPECT_THROW(b.receive(5s), ValidationError) << "a value that is no open handle of ours";
+  write_raw(a.fd(), wire(magic, 17, std::vector<std::uint64_t>(17, 0x7ffffff0), ""));
+  EXPECT_THROW(b.receive(5s), ValidationError) << "more than 16 handles";
+  // After all that, the stream of messages is still intact.
+  a.send("fine");
+  auto m = b.receive(5s);
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->bytes, "fine");
+}
+
 TEST(WinSocket, AuthorizePeerDecisions) {
   EXPECT_TRUE(authorize_peer({10, 1000, 0}, 1000, {}));
   EXPECT_FALSE(authorize_peer({10, 1001, 0}, 1000, {}));
