@@ -105,6 +105,17 @@ TEST(WinChildMP, GrandchildDiesWithItsParent) {
   EXPECT_TRUE(wintest::wait_until([&] { return !is_alive(id); }, 10s)) << "orphan pid " << grandchild;
 }
 
+TEST(WinChild, MoveAssignmentKillsTheChildItReplaces) {
+  auto a = Child::spawn({helper_path(), "sleep", "30000"});
+  ProcessIdentity first{a.pid(), process_start_time(a.pid())};
+  a = Child::spawn({helper_path(), "exit", "3"});
+  EXPECT_FALSE(is_alive(first)) << "the replaced child must be gone";
+  EXPECT_EQ(a.wait_for(20s), 3);
+  Child b = std::move(a);
+  EXPECT_EQ(b.wait_for(0ms), 3);
+  EXPECT_EQ(a.pid(), -1);
+}
+
 TEST(WinChild, EmptyArgvIsAPrecondition) { EXPECT_THROW(Child::spawn({}), PreconditionError); }
 
 }  // namespace

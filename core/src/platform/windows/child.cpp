@@ -153,13 +153,17 @@ Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
   return c;
 }
 
-Child::~Child() {
+void Child::kill_and_reap() noexcept {
   if (running()) {
     ::TerminateProcess(process_.get(), 128 + kSigKill);
     ::WaitForSingleObject(process_.get(), 10000);
   }
-  // job_ closes last: whatever the child started dies with it.
+  pid_ = -1;
+  process_.reset();
+  job_.reset();  // last: whatever the child started dies with it
 }
+
+Child::~Child() { kill_and_reap(); }
 
 Child::Child(Child&& o) noexcept
     : pid_(std::exchange(o.pid_, -1)),
@@ -172,7 +176,7 @@ Child::Child(Child&& o) noexcept
 
 Child& Child::operator=(Child&& o) noexcept {
   if (this != &o) {
-    this->~Child();
+    kill_and_reap();
     pid_ = std::exchange(o.pid_, -1);
     stdout_ = std::move(o.stdout_);
     out_ = std::move(o.out_);
