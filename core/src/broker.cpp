@@ -29,6 +29,22 @@ nlohmann::json parse_message(const std::string& bytes) {
   return j;
 }
 
+std::string parse_hello(const nlohmann::json& req) {
+  auto abi = req.find("abi");
+  // Compare as JSON numbers: converting an out-of-range number to an integer type is undefined.
+  if (abi == req.end() || !abi->is_number_unsigned() || abi->get<std::uint64_t>() != protocol::kAbiVersion) {
+    throw ValidationError("client speaks ABI " + (abi == req.end() ? std::string("(none)") : abi->dump()) +
+                          ", this node speaks " + std::to_string(protocol::kAbiVersion));
+  }
+  std::string client = "anonymous";
+  if (auto it = req.find("client"); it != req.end()) {
+    if (!it->is_string()) throw ValidationError("hello: 'client' must be a string");
+    client = it->get<std::string>();
+  }
+  if (client.size() > kMaxNameLength * 2) throw ValidationError("hello: client name too long");
+  return client;
+}
+
 std::string broker_socket_name(const std::string& domain, const std::string& node) {
   validate_name("domain", domain);
   validate_name("node name", node);
@@ -95,14 +111,7 @@ bool Broker::serve(Connection& c) {
     auto req = parse_message(m->bytes);
     auto op = req["op"].get<std::string>();
     if (op == "hello") {
-      auto abi = req.value("abi", 0u);
-      if (abi != protocol::kAbiVersion) {
-        throw ValidationError("client speaks ABI " + std::to_string(abi) + ", this node speaks " +
-                              std::to_string(protocol::kAbiVersion));
-      }
-      auto client = req.value("client", std::string("anonymous"));
-      if (client.size() > kMaxNameLength * 2) throw ValidationError("client name too long");
-      c.peer.client_name = client;
+      c.peer.client_name = parse_hello(req);
       c.greeted = true;
       reply.body = {{"op", "welcome"}, {"node", opts_.node_name}, {"abi", protocol::kAbiVersion},
                     {"pid", platform::self_identity().pid}, {"connection", c.peer.connection_id}};

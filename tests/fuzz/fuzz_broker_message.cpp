@@ -41,10 +41,9 @@ void subscribe_request(const nlohmann::json& req) {
 
 void hello_request(const nlohmann::json& req) {
   try {
-    (void)req.value("abi", 0u);
-    auto client = req.value("client", std::string("anonymous"));
-    (void)client.size();
-  } catch (const nlohmann::json::exception&) {
+    auto client = dp::parse_hello(req);  // what the broker runs on a hello
+    if (client.size() > 2 * dp::kMaxNameLength) violated("an over-long client name passed");
+  } catch (const dp::ValidationError&) {
   }
 }
 

@@ -116,6 +116,9 @@ class BrokerClient {
 
 // Parses a peer message: a JSON object with a string "op". Throws ValidationError otherwise.
 nlohmann::json parse_message(const std::string& bytes);
+// Checks a "hello" request (ABI version, client name) and returns the client's name. Throws
+// ValidationError saying what is wrong.
+std::string parse_hello(const nlohmann::json& req);
 // A fresh broker socket name for `node` in `domain`, unique per process instance.
 std::string broker_socket_name(const std::string& domain, const std::string& node);
 
