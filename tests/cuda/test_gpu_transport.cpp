@@ -16,9 +16,7 @@
 #include "directport/cuda/device.hpp"
 #include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
-#if DIRECTPORT_HAS_CUDA
-#include "directport/cuda/driver.hpp"
-#endif
+#include "support/gpu_test.hpp"
 
 namespace {
 
@@ -45,15 +43,11 @@ std::pair<int, nlohmann::json> finish(Proc& p, std::chrono::seconds bound = std:
   return {rc.value_or(-SIGKILL), j};
 }
 
-class GpuTransport : public ::testing::Test {
+class GpuTransport : public dp::test::GpuTest {
  protected:
   void SetUp() override {
-#if DIRECTPORT_HAS_CUDA
-    const auto& a = dp::cuda::availability();
-    if (!a.usable) GTEST_SKIP() << "no usable CUDA device: " << a.reason;
-#else
-    GTEST_SKIP() << "built without CUDA";
-#endif
+    GpuTest::SetUp();  // skips, with the reason, where no CUDA device is usable
+    if (IsSkipped()) return;
     domain_ = "gpu" + std::to_string(getpid()) + "x" + std::to_string(counter_++);
   }
   void TearDown() override {
