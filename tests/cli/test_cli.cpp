@@ -5,6 +5,7 @@
 // and nothing in /dev/shm behind.
 #include <dirent.h>
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -83,8 +84,14 @@ std::vector<int> processes_with_arg(const std::string& arg) {
     char* end = nullptr;
     long pid = std::strtol(e->d_name, &end, 10);
     if (*end || pid <= 0 || pid == ::getpid()) continue;
-    std::ifstream f("/proc/" + std::string(e->d_name) + "/cmdline");
-    std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    // read(2), not a stream: a process that exits while we read makes read() fail with ESRCH,
+    // which libstdc++'s filebuf turns into an exception.
+    std::string all;
+    int fd = ::open(("/proc/" + std::string(e->d_name) + "/cmdline").c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char buf[4096];
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) all.append(buf, static_cast<std::size_t>(n));
+    ::close(fd);
     std::stringstream ss(all);
     for (std::string a; std::getline(ss, a, '\0');) {
       if (a == arg) {
