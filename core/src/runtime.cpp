@@ -112,7 +112,11 @@ int run_node(const std::string& type, const std::string& name, const std::string
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
-  Node node({name, type, domain});
+  NodeOptions opts;
+  opts.name = name;
+  opts.type = type;
+  opts.domain = domain;
+  Node node(std::move(opts));
   node.set_info("params", checked);
   NodeContext ctx(node, checked);
   return t->run(ctx);  // the Node withdraws its manifest on the way out

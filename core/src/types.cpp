@@ -93,17 +93,25 @@ void StreamSpec::validate() const {
   if (acquire_timeout.count() < 0 || acquire_timeout > std::chrono::seconds(60)) {
     throw ValidationError(where + "acquire_timeout must be 0..60 s");
   }
+  if (!layout.is_null()) {
+    if (!layout.is_object()) throw ValidationError(where + "layout must be a JSON object");
+    if (layout.dump().size() > kMaxLayoutBytes) {
+      throw ValidationError(where + "layout exceeds " + std::to_string(kMaxLayoutBytes) + " bytes");
+    }
+  }
 }
 
 nlohmann::json spec_to_json(const StreamSpec& s) {
-  return {{"name", s.name},
-          {"dtype", dtype_name(s.dtype)},
-          {"shape", s.shape},
-          {"slots", s.slots},
-          {"frame_bytes", s.frame_bytes()},
-          {"memory", memory_kind_name(s.memory)},
-          {"fence", fence_kind_name(s.fence)},
-          {"acquire_timeout_us", s.acquire_timeout.count()}};
+  nlohmann::json j{{"name", s.name},
+                   {"dtype", dtype_name(s.dtype)},
+                   {"shape", s.shape},
+                   {"slots", s.slots},
+                   {"frame_bytes", s.frame_bytes()},
+                   {"memory", memory_kind_name(s.memory)},
+                   {"fence", fence_kind_name(s.fence)},
+                   {"acquire_timeout_us", s.acquire_timeout.count()}};
+  if (!s.layout.is_null()) j["layout"] = s.layout;
+  return j;
 }
 
 StreamSpec spec_from_json(const nlohmann::json& j) {
@@ -137,6 +145,7 @@ StreamSpec spec_from_json(const nlohmann::json& j) {
       }
       s.acquire_timeout = std::chrono::microseconds(j["acquire_timeout_us"].get<std::int64_t>());
     }
+    if (j.contains("layout")) s.layout = j["layout"];  // checked by validate()
   } catch (const nlohmann::json::exception& e) {
     throw ValidationError(std::string("stream spec has a field of the wrong type: ") + e.what());
   }

@@ -2,6 +2,7 @@
 #include "directport/core/error.hpp"
 #include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
+#include "directport/kernels/fusion.hpp"
 #include "directport/kernels/timing.hpp"
 
 namespace dp::kernels {
@@ -15,4 +16,10 @@ void stamp_frame_gpu(void*, std::size_t, std::uint64_t, std::uint64_t, std::uint
 void verify_frame_gpu(const void*, std::size_t, std::uint64_t, std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
 void stamp_time_gpu(std::uint64_t*, std::uint64_t, GpuStream) { no_cuda(); }
 void measure_since_gpu(const std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
+
+struct FusionGpu::Device {};
+FusionGpu::FusionGpu(FusionLayout layout) : layout_(std::move(layout)) { no_cuda(); }
+FusionGpu::~FusionGpu() = default;
+void FusionGpu::fuse(const std::vector<const void*>&, void*, GpuStream) { no_cuda(); }
+RunningStats FusionGpu::stats(std::size_t, GpuStream) const { no_cuda(); }
 }  // namespace dp::kernels

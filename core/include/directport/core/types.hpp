@@ -36,6 +36,11 @@ struct StreamSpec {
   // When every slot is held by consumers, acquire() waits this long for one, then drops the
   // frame and counts it. Never infinite: a consumer can't block its producer.
   std::chrono::microseconds acquire_timeout{2000};
+  // How the frame is organised, for consumers that take it apart (the compositor's segments):
+  // null, or a JSON object of at most kMaxLayoutBytes once serialised. Carried in the manifest
+  // and the subscribe reply; the transport ignores it.
+  nlohmann::json layout;
+  static constexpr std::size_t kMaxLayoutBytes = 16 * 1024;
 
   std::size_t frame_bytes() const;
   void validate() const;  // throws ValidationError naming the bad field
