@@ -3,6 +3,7 @@
 #include <exception>
 
 #include "commands.hpp"
+#include "directport/compositor/compositor.hpp"
 #include "directport/core/runtime.hpp"
 #include "nodes.hpp"
 #include "directport/core/error.hpp"
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "directport 0.1.0");
   int exit_code = 0;
   dp::cli::register_builtin_nodes(dp::NodeRegistry::instance());
+  dp::compositor::register_compositor_node(dp::NodeRegistry::instance());
   dp::cli::add_doctor(app, exit_code);
   dp::cli::add_ls(app, exit_code);
   dp::cli::add_inspect(app, exit_code);

@@ -15,6 +15,8 @@
 #include "directport/cuda/device.hpp"
 #include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
+#include "directport/kernels/pattern.hpp"
+#include "directport/platform/process.hpp"
 #include "nodes.hpp"
 #if DIRECTPORT_HAS_CUDA
 #include <cuda_runtime_api.h>
@@ -206,6 +208,91 @@ int run_checksum_sink(NodeContext& ctx) {
   return bad == 0 && !gave_up && (frames == 0 || ok >= frames) ? 0 : 2;
 }
 
+// A stand-in teacher: publishes a tensor of any shape per frame, its values a function of
+// (seed, frame_id) alone (kernels/pattern.hpp). With clock ids, frames are published on the
+// ticks of the wall clock (multiples of the period since the epoch) and frame_id is the tick's
+// time in milliseconds: sources started apart (or restarted) stamp the same id on the same
+// instant, and sources at different rates agree wherever their ticks coincide.
+int run_tensor_source(NodeContext& ctx) {
+  const auto& name = ctx.name();
+  const auto& p = ctx.params();
+  StreamSpec spec;
+  spec.name = p["stream"].get<std::string>();
+  spec.dtype = parse_dtype(p["dtype"].get<std::string>());
+  if (spec.dtype != DType::f32 && spec.dtype != DType::f16 && spec.dtype != DType::bf16) {
+    throw ValidationError("param 'dtype' must be f32, f16 or bf16, got " + p["dtype"].get<std::string>());
+  }
+  const auto& shape = p["shape"];
+  for (const auto& d : shape) {
+    if (!d.is_number_integer()) throw ValidationError("param 'shape' must be an array of integers, got " + shape.dump());
+  }
+  spec.shape = shape.get<std::vector<std::int64_t>>();
+  spec.slots = p["slots"].get<std::uint32_t>();
+  spec.memory = choose_memory(p["memory"].get<std::string>());
+  spec.fence = spec.memory == MemoryKind::host ? FenceKind::host_futex : FenceKind::cuda_memop;
+  spec.validate();
+  const double rate = p["rate_hz"].get<double>();
+  if (!(rate > 0 && rate <= 100000)) throw ValidationError("param 'rate_hz' must be in (0, 100000], got " + std::to_string(rate));
+  const auto seed = p["seed"].get<std::uint64_t>();
+  const auto frames = p["frames"].get<std::uint64_t>();
+  const auto skip_every = p["skip_every"].get<std::uint64_t>();
+  const bool clock_ids = p["clock_ids"].get<bool>();
+  const std::uint64_t plane = spec.shape.size() >= 3
+                                  ? static_cast<std::uint64_t>(spec.shape[spec.shape.size() - 1] * spec.shape[spec.shape.size() - 2])
+                                  : 1;
+  const std::size_t elements = spec.frame_bytes() / dtype_size(spec.dtype);
+
+  Node& node = ctx.node();
+  auto& pub = node.advertise(spec);
+  node.set_running();
+  std::fprintf(stderr, "publishing %s/%s: %s %s at %.1f Hz, %s memory\n", name.c_str(), spec.name.c_str(),
+               dtype_name(spec.dtype), nlohmann::json(spec.shape).dump().c_str(), rate, memory_kind_name(spec.memory));
+  std::vector<std::uint8_t> staging(spec.frame_bytes());
+#if DIRECTPORT_HAS_CUDA
+  std::unique_ptr<GpuScratch> gpu;
+  if (spec.memory != MemoryKind::host) gpu = std::make_unique<GpuScratch>();
+#endif
+  const auto period_ns = static_cast<std::int64_t>(1e9 / rate);
+  std::uint64_t n = 0, id = 0;
+  while (!NodeContext::stop_requested() && (frames == 0 || n < frames)) {
+    // Wait for the next tick; its id is the tick's number.
+    const auto now = platform::realtime_ns();
+    const std::uint64_t tick = static_cast<std::uint64_t>(now / period_ns) + 1;
+    if (!NodeContext::sleep_for(std::chrono::nanoseconds(static_cast<std::int64_t>(tick) * period_ns - now))) break;
+    id = clock_ids ? tick * static_cast<std::uint64_t>(period_ns) / 1'000'000 : id + 1;
+    if (skip_every && id % skip_every == 0) continue;  // test hook: this id never comes
+    const auto t_source = platform::realtime_ns();
+    GpuStream gs = nullptr;
+#if DIRECTPORT_HAS_CUDA
+    if (gpu) gs = gpu->gs();
+#endif
+    auto lease = pub.acquire(gs);
+    if (!lease) continue;  // dropped (counted)
+#if DIRECTPORT_HAS_CUDA
+    if (gpu) {
+      // Make the frame on the CPU, then one copy into the slot, ordered on the stream.
+      DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));  // staging is reused
+      kernels::fill_pattern_cpu(staging.data(), spec.dtype, elements, plane, seed, id);
+      DP_CUDA_CHECK(cudaMemcpyAsync(lease->data, staging.data(), staging.size(), cudaMemcpyHostToDevice, gpu->stream));
+    } else
+#endif
+    {
+      kernels::fill_pattern_cpu(lease->data, spec.dtype, elements, plane, seed, id);
+    }
+    pub.publish(*lease, {id, t_source, 0}, gs);
+    ++n;
+  }
+#if DIRECTPORT_HAS_CUDA
+  if (gpu) cudaStreamSynchronize(gpu->stream);
+#endif
+  auto c = pub.counters();
+  std::cout << nlohmann::json{{"node", name}, {"type", "tensor-source"}, {"published", c.published}, {"dropped", c.dropped},
+                              {"last_frame_id", id}}
+                   .dump()
+            << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 MemoryKind parse_memory_choice(const std::string& m) { return choose_memory(m); }
@@ -239,6 +326,24 @@ void register_builtin_nodes(NodeRegistry& r) {
   sink.subscribes = [](const nlohmann::json& p) { return std::vector<std::string>{p["from"].get<std::string>()}; };
   sink.run = run_checksum_sink;
   r.add(std::move(sink));
+
+  NodeType ts;
+  ts.type = "tensor-source";
+  ts.help = "publishes a deterministic f32/f16/bf16 tensor per frame (a stand-in teacher for tests and demos)";
+  ts.params = {{"stream", T::string, "out", false, "name of the published stream"},
+               {"shape", T::array, nullptr, true, "the tensor's shape, e.g. [C, H, W] or [C]"},
+               {"dtype", T::string, "f32", false, "f32 | f16 | bf16"},
+               {"rate_hz", T::number, 30.0, false, "frames per second"},
+               {"seed", T::integer, 1, false, "values are a function of (seed, frame_id)"},
+               {"clock_ids", T::boolean, true, false, "frame_id = the wall-clock tick in ms: sources agree on ids"},
+               {"skip_every", T::integer, 0, false, "test hook: never publish ids divisible by this (0: none)"},
+               {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
+               {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc"},
+               {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"}};
+  ts.publishes = [](const nlohmann::json& p) { return std::vector<std::string>{p["stream"].get<std::string>()}; };
+  ts.subscribes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
+  ts.run = run_tensor_source;
+  r.add(std::move(ts));
 }
 
 }  // namespace dp::cli

@@ -113,8 +113,13 @@ GraphConfig parse_graph_config(const nlohmann::json& j) {
       if (t) {
         try {
           c.params = validate_params(*t, n.contains("params") ? n["params"] : nlohmann::json::object(), path + ".params");
-          c.publishes = t->publishes(c.params);
-          c.subscribes = t->subscribes(c.params);
+          try {
+            c.publishes = t->publishes(c.params);
+            c.subscribes = t->subscribes(c.params);
+          } catch (const ValidationError& e) {
+            // The node type's own checks of its params name the key ("teachers[1].from: ...").
+            throw ValidationError(path + ".params." + e.what());
+          }
           bool names_ok = true;
           for (auto& s : c.publishes) {
             if (!is_valid_name(s)) {

@@ -271,11 +271,7 @@ Subscriber::~Subscriber() = default;
 Subscriber::Subscriber(Subscriber&&) noexcept = default;
 Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 
-const StreamSpec& Subscriber::spec() const {
-  if (conn_) return conn_->spec;
-  DP_EXPECTS(!retired_.empty(), "subscriber has no connection");
-  return retired_.back()->spec;
-}
+const StreamSpec& Subscriber::spec() const { return conn_ ? conn_->spec : last_spec_; }
 
 void Subscriber::connect() {
   auto c = std::make_unique<Connection>();
@@ -328,6 +324,7 @@ void Subscriber::connect() {
   std::uint64_t latest = c->control->latest_seq.load(std::memory_order_acquire);
   last_seq_ = latest ? latest - 1 : 0;
   if (c->spec.memory != MemoryKind::host) c->start_watchdog();
+  last_spec_ = c->spec;
   conn_ = std::move(c);
   last_check_ns_ = platform::monotonic_ns();
 }

@@ -24,6 +24,7 @@
 #include "directport/core/discovery.hpp"
 #include "directport/platform/child.hpp"
 #include "support/fixtures.hpp"
+#include "support/launch.hpp"
 
 #ifndef DP_CLI
 #error "DP_CLI (the path of the directport binary) must be defined by CMake"
@@ -75,73 +76,13 @@ const json* find_named(const json& arr, const std::string& name) {
   return nullptr;
 }
 
-// The pids of live processes with `arg` among their arguments (a domain name), except this one.
-std::vector<int> processes_with_arg(const std::string& arg) {
-  std::vector<int> pids;
-  DIR* d = ::opendir("/proc");
-  if (!d) return pids;
-  while (dirent* e = ::readdir(d)) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (*end || pid <= 0 || pid == ::getpid()) continue;
-    // read(2), not a stream: a process that exits while we read makes read() fail with ESRCH,
-    // which libstdc++'s filebuf turns into an exception.
-    std::string all;
-    int fd = ::open(("/proc/" + std::string(e->d_name) + "/cmdline").c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) all.append(buf, static_cast<std::size_t>(n));
-    ::close(fd);
-    std::stringstream ss(all);
-    for (std::string a; std::getline(ss, a, '\0');) {
-      if (a == arg) {
-        pids.push_back(static_cast<int>(pid));
-        break;
-      }
-    }
-  }
-  ::closedir(d);
-  return pids;
-}
-
-// A `directport launch` running in the background, its stdout and stderr collected.
-class Launcher {
+// A `directport launch` running in the background (support/launch.hpp).
+class Launcher : public test::Launcher {
  public:
-  explicit Launcher(std::vector<std::string> args) {
-    args.insert(args.begin(), {DP_CLI, "launch"});
-    child_ = platform::Child::spawn(args, {true, true});
-  }
-  // Reads what the launcher printed so far; the whole log.
-  const std::string& log() {
-    for (int i = 0; i < 64; ++i) {
-      auto before = child_.output().size();
-      child_.pump();
-      if (child_.output().size() == before) break;
-    }
-    return child_.output();
-  }
-  bool wait_log(const std::string& part, std::chrono::milliseconds timeout) {
-    return test::wait_until([&] { return has(log(), part); }, timeout, 20ms);
-  }
-  void signal(int sig) { child_.signal(sig); }
-  std::optional<int> wait(std::chrono::milliseconds bound) { return child_.wait_for(bound); }
-
- private:
-  platform::Child child_;
+  explicit Launcher(std::vector<std::string> args) : test::Launcher(DP_CLI, std::move(args)) {}
 };
-
-// The final JSON line a node printed, from the launcher's log ("[name] {...}"); null if none.
-json final_line(const std::string& log, const std::string& node) {
-  json last;
-  std::istringstream in(log);
-  const std::string prefix = "[" + node + "] {";
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(prefix, 0) != 0) continue;
-    auto j = json::parse(line.substr(prefix.size() - 1), nullptr, false);
-    if (!j.is_discarded()) last = j;
-  }
-  return last;
-}
+using test::final_line;
+using test::processes_with_arg;
 
 class CliMP : public test::DomainTest {
  protected:

@@ -332,6 +332,18 @@ TEST_F(StreamHost, AdvertiseChecksTheSpecAndDuplicates) {
   EXPECT_NE(node.find("rgb"), nullptr);
 }
 
+// A consumer holding nothing when its producer goes can still ask what the stream was (the
+// compositor checks a returning teacher against it).
+TEST_F(StreamHost, SpecStaysKnownWhileTheProducerIsGone) {
+  auto node = std::make_unique<Node>(node_opts("cam"));
+  node->advertise(test::host_spec("rgb", kBytes));
+  Subscriber sub("cam", "rgb", sub_opts());
+  const auto before = spec_to_json(sub.spec());
+  node.reset();
+  ASSERT_TRUE(test::wait_until([&] { return sub.state() == Subscriber::State::producer_gone; }, 5s));
+  EXPECT_EQ(spec_to_json(sub.spec()), before);
+}
+
 TEST_F(StreamHost, GracefulProducerStopIsSeenAsProducerGone) {
   auto node = std::make_unique<Node>(node_opts("cam"));
   auto& pub = node->advertise(test::host_spec("rgb", kBytes));

@@ -121,6 +121,7 @@ class Subscriber {
   bool is_valid(const Frame& f) const;
 
   State state();
+  // The stream's spec: the current connection's, or the last one's while the producer is gone.
   const StreamSpec& spec() const;
   Counters counters() const { return counters_; }
   std::string address() const { return node_ + "/" + stream_; }
@@ -137,6 +138,7 @@ class Subscriber {
   std::unique_ptr<Connection> conn_;
   std::vector<std::unique_ptr<Connection>> retired_;
   std::uint32_t generation_ = 0;
+  StreamSpec last_spec_;
   std::uint64_t last_seq_ = 0;
   std::int64_t last_check_ns_ = 0;
   std::int64_t next_reconnect_ns_ = 0;
