@@ -162,6 +162,23 @@ void add_inspect(CLI::App& app, int& exit_code) {
                     static_cast<unsigned long long>(sl["seq"].get<std::uint64_t>()),
                     static_cast<unsigned long long>(sl["frame_id"].get<std::uint64_t>()));
       }
+      // A layout (the compositor's segments): one line per segment, then the mask.
+      const auto& lay = m.contains("layout") ? m["layout"] : nlohmann::json();
+      if (lay.is_object() && lay.contains("segments") && lay["segments"].is_array()) {
+        std::printf("  layout: %s, grid %s, %s\n", lay.value("kind", "?").c_str(), lay.value("grid", nlohmann::json()).dump().c_str(),
+                    lay.value("resample", "").c_str());
+        for (auto& seg : lay["segments"]) {
+          if (!seg.is_object()) continue;
+          std::printf("    %-16s at %10s  %-16s from %s %s, norm %s\n", seg.value("teacher", "?").c_str(),
+                      seg.value("offset", nlohmann::json()).dump().c_str(), seg.value("shape", nlohmann::json()).dump().c_str(),
+                      seg.value("source_dtype", "?").c_str(), seg.value("source_shape", nlohmann::json()).dump().c_str(),
+                      seg.value("norm", "?").c_str());
+        }
+        if (lay.contains("mask")) std::printf("    %-16s at %10s  [%s]\n", "mask", lay["mask"].value("offset", nlohmann::json()).dump().c_str(),
+                                              lay["mask"].value("length", nlohmann::json()).dump().c_str());
+      } else if (!lay.is_null()) {
+        std::printf("  layout: %s\n", lay.dump().c_str());
+      }
       for (auto& con : m.value("consumers", nlohmann::json::array())) {
         std::printf("  consumer #%llu %s holding %s\n", static_cast<unsigned long long>(con["subscription"].get<std::uint64_t>()),
                     con["client"].get<std::string>().c_str(), con["holding"].dump().c_str());

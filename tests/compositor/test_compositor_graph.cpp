@@ -129,6 +129,15 @@ TEST_F(CompositorMP, FusedFramesAreTheReferenceFusionAndADeadTeacherIsMaskedUnti
   ASSERT_EQ(sub->spec().layout, layout.to_json());
   ASSERT_EQ(sub->spec().frame_bytes(), layout.total_bytes());
 
+  // `inspect` shows the segments.
+  {
+    auto c = platform::Child::spawn({DP_CLI, "inspect", "fuse/fused", "-d", domain_}, {true, true});
+    ASSERT_EQ(c.wait_for(15s), 0) << c.output();
+    for (const char* part : {"layout: fused, grid [24,32]", "edges", "from f16 [3,24,32], norm none", "depth",
+                             "from bf16 [1,48,64], norm channel", "mask"}) {
+      EXPECT_NE(c.output().find(part), std::string::npos) << "'" << part << "' not in:\n" << c.output();
+    }
+  }
   kernels::FusionCpu replica(layout);
   std::vector<std::vector<std::uint8_t>> in(kTeachers.size());
   for (std::size_t i = 0; i < kTeachers.size(); ++i) in[i].resize(layout.input_bytes(i));
