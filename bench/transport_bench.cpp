@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <cuda_runtime_api.h>
 #include <nlohmann/json.hpp>
 
@@ -31,38 +32,17 @@
 #include "directport/kernels/timing.hpp"
 #include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
+#include "common.hpp"
 
 using namespace dp;
+using dp::bench::parse_size;
+using dp::bench::pct;
+using dp::bench::split;
 
 namespace {
 
-double pct(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * (v.size() - 1) + 0.5))];
-}
 
-std::uint64_t parse_size(const std::string& s) {
-  std::size_t pos = 0;
-  std::uint64_t v = 0;
-  try {
-    v = std::stoull(s, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  std::string unit = s.substr(pos);
-  std::uint64_t mul = unit.empty() ? 1 : (unit == "K" || unit == "k") ? 1024 : (unit == "M" || unit == "m") ? 1 << 20
-                      : (unit == "G" || unit == "g") ? 1ull << 30 : 0;
-  if (pos == 0 || mul == 0) throw ValidationError("size '" + s + "' is not N, NK, NM or NG");
-  return v * mul;
-}
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string x; std::getline(ss, x, ',');) out.push_back(x);
-  return out;
-}
 
 struct Args {
   std::string role = "driver", domain, sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8", json;
@@ -278,33 +258,26 @@ int driver_main(const Args& a) {
 
 int main(int argc, char** argv) {
   Args a;
+  CLI::App app{"dp_bench_transport: DirectPort's GPU handoff between processes (latency from GPU timestamps, "
+               "publishes/s, CPU per call), one run on one card"};
+  std::string frames = "2000";
+  app.add_option("--sizes", a.sizes, "comma list of frame sizes: N, NK, NM, NG");
+  app.add_option("--consumers", a.consumers, "comma list of consumer counts");
+  app.add_option("--frames", frames, "frames per phase (paced, then unpaced)");
+  app.add_option("--json", a.json, "write the rows here");
+  // Internal: the processes the driver starts.
+  std::string bytes, k, index;
+  app.add_option("--role", a.role)->group("");
+  app.add_option("--domain", a.domain)->group("");
+  app.add_option("--bytes", bytes)->group("");
+  app.add_option("--k", k)->group("");
+  app.add_option("--index", index)->group("");
+  CLI11_PARSE(app, argc, argv);
   try {
-  for (int i = 1; i < argc; ++i) {
-    std::string k = argv[i];
-    auto val = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "dp_bench_transport: %s needs a value\n", k.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (k == "--role") a.role = val();
-    else if (k == "--domain") a.domain = val();
-    else if (k == "--sizes") a.sizes = val();
-    else if (k == "--consumers") a.consumers = val();
-    else if (k == "--json") a.json = val();
-    else if (k == "--bytes") a.bytes = parse_size(val());
-    else if (k == "--frames") a.frames = parse_size(val());
-    else if (k == "--k") a.k = parse_size(val());
-    else if (k == "--index") a.index = static_cast<int>(parse_size(val()));
-    else if (k == "--help" || k == "-h") {
-      std::printf("usage: dp_bench_transport [--sizes 4K,1M,1G] [--consumers 1,8] [--frames N] [--json FILE]\n");
-      return 0;
-    } else {
-      std::fprintf(stderr, "dp_bench_transport: unknown option '%s' (see --help)\n", k.c_str());
-      return 2;
-    }
-  }
+    a.frames = parse_size(frames);
+    if (!bytes.empty()) a.bytes = parse_size(bytes);
+    if (!k.empty()) a.k = parse_size(k);
+    if (!index.empty()) a.index = static_cast<int>(std::stoi(index));
     if (a.role == "producer") return producer(a);
     if (a.role == "consumer") return consumer(a);
     return driver_main(a);

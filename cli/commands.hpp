@@ -13,5 +13,6 @@ void add_node(CLI::App& app, int& exit_code);
 void add_demo(CLI::App& app, int& exit_code);
 void add_launch(CLI::App& app, int& exit_code);
 void add_top(CLI::App& app, int& exit_code);
+void add_bench(CLI::App& app, int& exit_code);
 
 }  // namespace dp::cli

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   dp::cli::add_node(app, exit_code);
   dp::cli::add_demo(app, exit_code);
   dp::cli::add_launch(app, exit_code);
+  dp::cli::add_bench(app, exit_code);
   dp::cli::add_top(app, exit_code);
   try {
     app.parse(argc, argv);

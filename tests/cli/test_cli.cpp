@@ -157,10 +157,49 @@ class CliMP : public test::DomainTest {
 
 // ------------------------------------------------------------------ help and options
 
+// `directport bench` on the host backend (the only method without a GPU): it runs real
+// processes and writes JSON and CSV whose rows are complete. Figures are not judged here.
+TEST_F(CliMP, BenchRunsTheHostMethodAndWritesJsonAndCsv) {
+  const std::string out = dir_ + "/bench";
+  auto r = cli({"bench", "--methods", "host", "--sizes", "4K,64K", "--consumers", "1,3", "--frames", "60", "--json",
+                out + ".json", "--csv", out + ".csv"},
+               true, 60s);
+  files_.push_back(out + ".json");
+  files_.push_back(out + ".csv");
+  if (r.rc == 2 && has(r.out, "is not there")) GTEST_SKIP() << "dp_bench_handoff is not built: " << r.out;
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream jf(out + ".json");
+  auto j = json::parse(jf, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["rows"].size(), 4u) << j.dump(2);
+  for (auto& row : j["rows"]) {
+    EXPECT_EQ(row["method"], "host");
+    EXPECT_TRUE(row["ok"].get<bool>()) << row.dump();
+    EXPECT_EQ(row["bad"], 0) << "a consumer saw a frame out of order or a wrong stamp";
+    EXPECT_GT(row["lat_cpu_us_p50"].get<double>(), 0.0);
+    EXPECT_GE(row["lat_cpu_us_p99"].get<double>(), row["lat_cpu_us_p50"].get<double>());
+    EXPECT_GT(row["frames_per_s"].get<double>(), 0.0);
+  }
+  std::ifstream cf(out + ".csv");
+  std::string header, line;
+  std::getline(cf, header);
+  EXPECT_TRUE(has(header, "method,bytes,consumers,frames,ok,lat_cpu_us_p50")) << header;
+  int lines = 0;
+  while (std::getline(cf, line)) ++lines;
+  EXPECT_EQ(lines, 4);
+  // Bad input is named; a GPU method without a GPU says so.
+  auto bad = cli({"bench", "--methods", "carrier-pigeon"});
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_TRUE(has(bad.out, "unknown method 'carrier-pigeon'")) << bad.out;
+  auto size = cli({"bench", "--methods", "host", "--sizes", "4Q"});
+  EXPECT_EQ(size.rc, 2);
+  EXPECT_TRUE(has(size.out, "size '4Q'")) << size.out;
+}
+
 TEST_F(CliMP, HelpListsEverySubcommand) {
   auto r = cli({"--help"});
   EXPECT_EQ(r.rc, 0) << r.out;
-  for (auto sub : {"doctor", "ls", "inspect", "node", "demo", "launch", "top"}) {
+  for (auto sub : {"doctor", "ls", "inspect", "node", "demo", "launch", "top", "bench"}) {
     EXPECT_TRUE(has(r.out, std::string("\n  ") + sub + " ")) << "--help does not list '" << sub << "':\n" << r.out;
   }
   auto launch = cli({"launch", "--help"});

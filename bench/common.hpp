@@ -1,0 +1,50 @@
+// Small helpers shared by the benchmark programs.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "directport/core/error.hpp"
+
+namespace dp::bench {
+
+// The p-quantile (0..1) of `v`, nearest rank; 0 for an empty sample.
+inline double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * double(v.size() - 1) + 0.5))];
+}
+
+// "4096", "4K", "64M", "1G" -> bytes (binary units); throws ValidationError naming the input.
+inline std::uint64_t parse_size(const std::string& s) {
+  std::size_t pos = 0;
+  std::uint64_t v = 0;
+  try {
+    v = std::stoull(s, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  const std::string unit = s.substr(pos);
+  const std::uint64_t mul = unit.empty()                  ? 1
+                            : (unit == "K" || unit == "k") ? 1024
+                            : (unit == "M" || unit == "m") ? 1 << 20
+                            : (unit == "G" || unit == "g") ? 1ull << 30
+                                                           : 0;
+  if (pos == 0 || mul == 0 || v == 0) throw ValidationError("size '" + s + "' is not N, NK, NM or NG (N > 0)");
+  return v * mul;
+}
+
+// "a,b,,c" -> {"a", "b", "c"}.
+inline std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');) {
+    if (!x.empty()) out.push_back(x);
+  }
+  return out;
+}
+
+}  // namespace dp::bench
