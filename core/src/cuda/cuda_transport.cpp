@@ -4,11 +4,13 @@
 // with cuStreamWaitValue64 (GEQ): GPU to GPU with no CPU on the path.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "directport/core/fence.hpp"
 #include "directport/core/transport.hpp"
@@ -102,6 +104,111 @@ std::size_t vmm_granularity(int device) {
   return g;
 }
 
+// Owners of the pieces of a VMM mapping and of the runtime allocations, so that a constructor
+// that fails half-way gives back what it took (members are destroyed in reverse order: the
+// mapping before the address range before the allocation handle).
+class VmmHandle {
+ public:
+  VmmHandle() = default;
+  explicit VmmHandle(CUmemGenericAllocationHandle h) : h_(h) {}
+  VmmHandle(VmmHandle&& o) noexcept : h_(std::exchange(o.h_, 0)) {}
+  VmmHandle& operator=(VmmHandle&& o) noexcept {
+    std::swap(h_, o.h_);
+    return *this;
+  }
+  ~VmmHandle() {
+    if (h_ && driver().cuMemRelease(h_) != CUDA_SUCCESS) log_cleanup_failure("cuMemRelease");
+  }
+  CUmemGenericAllocationHandle get() const { return h_; }
+
+ private:
+  CUmemGenericAllocationHandle h_ = 0;
+};
+
+class VaRange {
+ public:
+  VaRange() = default;
+  VaRange(std::size_t bytes, std::size_t alignment) : bytes_(bytes) {
+    DP_CU_CHECK(cuMemAddressReserve, &base_, bytes, alignment, 0, 0);
+  }
+  VaRange(VaRange&& o) noexcept : base_(std::exchange(o.base_, 0)), bytes_(o.bytes_) {}
+  VaRange& operator=(VaRange&& o) noexcept {
+    std::swap(base_, o.base_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~VaRange() {
+    if (base_ && driver().cuMemAddressFree(base_, bytes_) != CUDA_SUCCESS) log_cleanup_failure("cuMemAddressFree");
+  }
+  CUdeviceptr base() const { return base_; }
+
+ private:
+  CUdeviceptr base_ = 0;
+  std::size_t bytes_ = 0;
+};
+
+class VaMapping {
+ public:
+  VaMapping() = default;
+  VaMapping(const VaRange& range, std::size_t bytes, const VmmHandle& handle) : base_(range.base()), bytes_(bytes) {
+    DP_CU_CHECK(cuMemMap, base_, bytes, 0, handle.get(), 0);
+  }
+  VaMapping(VaMapping&& o) noexcept : base_(std::exchange(o.base_, 0)), bytes_(o.bytes_) {}
+  VaMapping& operator=(VaMapping&& o) noexcept {
+    std::swap(base_, o.base_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~VaMapping() {
+    if (base_ && driver().cuMemUnmap(base_, bytes_) != CUDA_SUCCESS) log_cleanup_failure("cuMemUnmap");
+  }
+
+ private:
+  CUdeviceptr base_ = 0;
+  std::size_t bytes_ = 0;
+};
+
+// cudaMalloc'd memory (producer, cuda-ipc) or a peer's cudaIpcOpenMemHandle mapping (consumer).
+class RuntimeMemory {
+ public:
+  enum class Kind { none, malloc, ipc_open };
+  RuntimeMemory() = default;
+  RuntimeMemory(void* p, Kind k) : p_(p), kind_(k) {}
+  RuntimeMemory(RuntimeMemory&& o) noexcept : p_(std::exchange(o.p_, nullptr)), kind_(o.kind_) {}
+  RuntimeMemory& operator=(RuntimeMemory&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(kind_, o.kind_);
+    return *this;
+  }
+  ~RuntimeMemory() {
+    if (!p_) return;
+    cudaError_t rc = kind_ == Kind::malloc ? cudaFree(p_) : cudaIpcCloseMemHandle(p_);
+    if (rc != cudaSuccess && rc != cudaErrorCudartUnloading) log_cleanup_failure(kind_ == Kind::malloc ? "cudaFree" : "cudaIpcCloseMemHandle");
+  }
+
+ private:
+  void* p_ = nullptr;
+  Kind kind_ = Kind::none;
+};
+
+// A CUDA event without timing.
+class Event {
+ public:
+  Event() { DP_CUDA_CHECK(cudaEventCreateWithFlags(&e_, cudaEventDisableTiming)); }
+  Event(Event&& o) noexcept : e_(std::exchange(o.e_, nullptr)) {}
+  Event& operator=(Event&& o) noexcept {
+    std::swap(e_, o.e_);
+    return *this;
+  }
+  ~Event() {
+    if (e_) cudaEventDestroy(e_);
+  }
+  cudaEvent_t get() const { return e_; }
+
+ private:
+  cudaEvent_t e_ = nullptr;
+};
+
 // ---------------------------------------------------------------- producer
 
 class CudaProducer final : public ProducerTransport {
@@ -115,20 +222,24 @@ class CudaProducer final : public ProducerTransport {
       granularity_ = vmm_granularity(device_);
       bytes_ = round_up(stride_ * spec.slots, granularity_);
       auto prop = vmm_prop(device_);
-      DP_CU_CHECK(cuMemCreate, &handle_, bytes_, &prop, 0);
-      DP_CU_CHECK(cuMemAddressReserve, &base_, bytes_, granularity_, 0, 0);
-      DP_CU_CHECK(cuMemMap, base_, bytes_, 0, handle_, 0);
+      CUmemGenericAllocationHandle h = 0;
+      DP_CU_CHECK(cuMemCreate, &h, bytes_, &prop, 0);
+      handle_ = VmmHandle(h);
+      range_ = VaRange(bytes_, granularity_);
+      mapping_ = VaMapping(range_, bytes_, handle_);
+      base_ = range_.base();
       CUmemAccessDesc acc{};
       acc.location = prop.location;
       acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
       DP_CU_CHECK(cuMemSetAccess, base_, bytes_, &acc, 1);
       int fd = -1;
-      DP_CU_CHECK(cuMemExportToShareableHandle, &fd, handle_, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+      DP_CU_CHECK(cuMemExportToShareableHandle, &fd, handle_.get(), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
       mem_fd_ = platform::UniqueFd(fd);
     } else {
       bytes_ = stride_ * spec.slots;
       void* p = nullptr;
       DP_CUDA_CHECK(cudaMalloc(&p, bytes_));
+      runtime_ = RuntimeMemory(p, RuntimeMemory::Kind::malloc);
       base_ = reinterpret_cast<CUdeviceptr>(p);
       DP_CUDA_CHECK(cudaIpcGetMemHandle(&ipc_, p));
     }
@@ -141,18 +252,9 @@ class CudaProducer final : public ProducerTransport {
 
   ~CudaProducer() override {
     // Consumers keep their own references to VMM memory: freeing ours is safe even while they
-    // map it. Wait for our own work first.
+    // map it. Wait for our own work first; the members then give back the memory.
     cudaDeviceSynchronize();
     graveyard_.clear();
-    if (spec_.memory == MemoryKind::cuda_vmm) {
-      if (base_) {
-        driver().cuMemUnmap(base_, bytes_);
-        driver().cuMemAddressFree(base_, bytes_);
-      }
-      if (handle_) driver().cuMemRelease(handle_);
-    } else if (base_) {
-      cudaFree(reinterpret_cast<void*>(base_));
-    }
   }
 
   void* slot_data(std::uint32_t slot) override { return reinterpret_cast<void*>(base_ + slot * stride_); }
@@ -184,25 +286,38 @@ class CudaProducer final : public ProducerTransport {
   }
   void attach(ReleasePageView& page, platform::Segment& mapping) override {
     cuda::use_device(device_);
-    auto reg = register_peer_page(mapping.fd(), device_);
-    page.gpu_handle = reinterpret_cast<void*>(reg.dptr());
+    PeerPage pp{register_peer_page(mapping.fd(), device_), Event()};
+    page.gpu_handle = reinterpret_cast<void*>(pp.reg.dptr());
     std::lock_guard<std::mutex> lock(mu_);
-    pages_.emplace(page.gpu_handle, std::move(reg));
+    pages_.emplace(page.gpu_handle, std::move(pp));
   }
   void detach(ReleasePageView& page, platform::Segment&&) noexcept override {
-    // Work enqueued earlier may still wait on this page (it was released, so it will finish):
-    // keep the registration until our next synchronisation point.
+    // Waits enqueued earlier may still read this page (its words were raised, so they will
+    // finish): keep the registration until the event recorded after its last wait has passed.
+    // Checked without blocking, here and at each later detach: the broker thread never waits.
     std::lock_guard<std::mutex> lock(mu_);
     auto it = pages_.find(page.gpu_handle);
-    if (it == pages_.end()) return;
-    graveyard_.push_back(std::move(it->second));
-    pages_.erase(it);
-    if (graveyard_.size() > 64 && cudaDeviceSynchronize() == cudaSuccess) graveyard_.clear();
+    if (it != pages_.end()) {
+      graveyard_.push_back(std::move(it->second));
+      pages_.erase(it);
+    }
+    graveyard_.erase(std::remove_if(graveyard_.begin(), graveyard_.end(),
+                                    [](const PeerPage& p) {
+                                      return !p.waited || cudaEventQuery(p.done.get()) != cudaErrorNotReady;
+                                    }),
+                     graveyard_.end());
   }
   void wait_released(GpuStream stream, const ReleasePageView& page, std::uint32_t slot, std::uint64_t value) override {
     auto addr = reinterpret_cast<CUdeviceptr>(page.gpu_handle) + slot * protocol::kFenceStride +
                 offsetof(protocol::ReleaseRecord, released);
     DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), addr, value, CU_STREAM_WAIT_VALUE_GEQ);
+    // Mark the page's last use on this stream, for detach().
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = pages_.find(page.gpu_handle);
+    if (it != pages_.end()) {
+      DP_CUDA_CHECK(cudaEventRecord(it->second.done.get(), reinterpret_cast<cudaStream_t>(stream)));
+      it->second.waited = true;
+    }
   }
   void signal_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq) override {
     // The default (barrier) flavour orders the application's earlier writes before the value.
@@ -211,18 +326,26 @@ class CudaProducer final : public ProducerTransport {
   bool gpu_side() const override { return true; }
 
  private:
+  struct PeerPage {
+    RegisteredPage reg;
+    Event done;           // recorded after each GPU wait on this page
+    bool waited = false;  // `done` was recorded at least once
+  };
   StreamSpec spec_;
   int device_ = 0;
   std::string uuid_;
   std::size_t stride_ = 0, bytes_ = 0, granularity_ = 0;
-  CUmemGenericAllocationHandle handle_ = 0;
+  VmmHandle handle_;
+  VaRange range_;
+  VaMapping mapping_;
+  RuntimeMemory runtime_;
   CUdeviceptr base_ = 0;
   cudaIpcMemHandle_t ipc_{};
   platform::UniqueFd mem_fd_;
   RegisteredPage ready_;
   std::mutex mu_;
-  std::map<void*, RegisteredPage> pages_;
-  std::vector<RegisteredPage> graveyard_;
+  std::map<void*, PeerPage> pages_;
+  std::vector<PeerPage> graveyard_;
 };
 
 // ---------------------------------------------------------------- consumer
@@ -248,12 +371,14 @@ class CudaConsumer final : public ConsumerTransport {
       if (imp.fds.size() != 2) throw ValidationError("cuda-vmm stream needs 2 descriptors (memory, ready page)");
       std::size_t g = vmm_granularity(device_);
       if (bytes_ % g != 0) throw ValidationError("cuda-vmm memory size is not a multiple of the granularity");
-      DP_CU_CHECK(cuMemImportFromShareableHandle, &handle_, reinterpret_cast<void*>(static_cast<std::uintptr_t>(imp.fds[0].get())),
+      CUmemGenericAllocationHandle h = 0;
+      DP_CU_CHECK(cuMemImportFromShareableHandle, &h, reinterpret_cast<void*>(static_cast<std::uintptr_t>(imp.fds[0].get())),
                   CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+      handle_ = VmmHandle(h);
       imp.fds[0].reset();  // the import holds the memory now
-      DP_CU_CHECK(cuMemAddressReserve, &base_, bytes_, g, 0, 0);
-      DP_CU_CHECK(cuMemMap, base_, bytes_, 0, handle_, 0);
-      mapped_ = true;
+      range_ = VaRange(bytes_, g);
+      mapping_ = VaMapping(range_, bytes_, handle_);
+      base_ = range_.base();
       CUmemAccessDesc acc{};
       acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
       acc.location.id = device_;
@@ -270,6 +395,7 @@ class CudaConsumer final : public ConsumerTransport {
       }
       void* p = nullptr;
       DP_CUDA_CHECK(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess));
+      runtime_ = RuntimeMemory(p, RuntimeMemory::Kind::ipc_open);
       base_ = reinterpret_cast<CUdeviceptr>(p);
     }
     ready_fd_ = std::move(imp.fds[fence_index]);
@@ -282,15 +408,10 @@ class CudaConsumer final : public ConsumerTransport {
   }
 
   ~CudaConsumer() override {
-    if (spec_.memory == MemoryKind::cuda_vmm) {
-      if (mapped_) {
-        driver().cuMemUnmap(base_, bytes_);
-        driver().cuMemAddressFree(base_, bytes_);
-      }
-      if (handle_) driver().cuMemRelease(handle_);
-    } else if (base_) {
-      cudaIpcCloseMemHandle(reinterpret_cast<void*>(base_));
-    }
+    // The application's kernels may still read frames it released (release() only enqueues):
+    // let this process's work drain before the members unmap the memory and unregister the
+    // pages. A faulted context returns at once with its error.
+    cudaDeviceSynchronize();
   }
 
   const void* slot_data(std::uint32_t slot) const override { return reinterpret_cast<const void*>(base_ + slot * stride_); }
@@ -323,9 +444,11 @@ class CudaConsumer final : public ConsumerTransport {
   StreamSpec spec_;
   int device_ = 0;
   std::size_t stride_ = 0, bytes_ = 0;
-  CUmemGenericAllocationHandle handle_ = 0;
+  VmmHandle handle_;
+  VaRange range_;
+  VaMapping mapping_;
+  RuntimeMemory runtime_;
   CUdeviceptr base_ = 0;
-  bool mapped_ = false;
   platform::UniqueFd ready_fd_;
   RegisteredPage ready_;
   char* own_base_ = nullptr;
