@@ -96,6 +96,10 @@ void add_doctor(CLI::App& app, int& exit_code) {
           std::printf("  fence CPU->GPU->CPU hop p50: %.2f us; GPU<->GPU ping-pong: <= %.2f us per round trip\n",
                       c["fences"]["cpu_gpu_cpu_hop_us_p50"].get<double>(),
                       c["fences"]["gpu_gpu_pingpong_drain_us_per_round_trip_upper_bound"].get<double>());
+          std::printf("  GPU<->GPU round trip (GPU events): %.2f us with fence words in registered host pages, %.2f us "
+                      "in device memory\n",
+                      c["fences"].value("gpu_gpu_round_trip_us_host_words", 0.0),
+                      c["fences"].value("gpu_gpu_round_trip_us_device_words", 0.0));
         }
       }
       std::printf("Verdict: host backend %s; GPU path %s\n", host_ok ? "ready" : "BROKEN", gpu ? "ready" : "unavailable");

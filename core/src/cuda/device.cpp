@@ -4,6 +4,7 @@
 #include <chrono>
 #include <vector>
 
+#include "directport/core/fence.hpp"
 #include "directport/core/protocol.hpp"
 #include "directport/cuda/driver.hpp"
 #include "directport/platform/shm.hpp"
@@ -22,6 +23,40 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
+// Two streams ping-pong `n` round trips through words `ping` and `pong` (GPU to GPU, no CPU on
+// the path), held back by `gate` until everything is enqueued so that the GPU-event time is the
+// fences' own: microseconds per round trip.
+double pingpong_us(CUdeviceptr gate, CUdeviceptr ping, CUdeviceptr pong, protocol::AtomicU64& gate_word,
+                   std::uint64_t base) {
+  constexpr int n = 256;  // 2n operations a stream: well within a stream's queue
+  cudaStream_t a, b;
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&a, cudaStreamNonBlocking));
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&b, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  DP_CUDA_CHECK(cudaEventCreate(&e0));
+  DP_CUDA_CHECK(cudaEventCreate(&e1));
+  auto cs = [](cudaStream_t s) { return reinterpret_cast<CUstream>(s); };
+  DP_CU_CHECK(cuStreamWaitValue64, cs(a), gate, base + 1, CU_STREAM_WAIT_VALUE_GEQ);
+  DP_CUDA_CHECK(cudaEventRecord(e0, a));
+  for (std::uint64_t i = base + 1; i <= base + n; ++i) {
+    DP_CU_CHECK(cuStreamWriteValue64, cs(a), ping, i, 0);
+    DP_CU_CHECK(cuStreamWaitValue64, cs(a), pong, i, CU_STREAM_WAIT_VALUE_GEQ);
+    DP_CU_CHECK(cuStreamWaitValue64, cs(b), ping, i, CU_STREAM_WAIT_VALUE_GEQ);
+    DP_CU_CHECK(cuStreamWriteValue64, cs(b), pong, i, 0);
+  }
+  DP_CUDA_CHECK(cudaEventRecord(e1, a));
+  fence::host_signal(gate_word, base + 1);
+  DP_CUDA_CHECK(cudaStreamSynchronize(a));
+  DP_CUDA_CHECK(cudaStreamSynchronize(b));
+  float ms = 0;
+  DP_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
+  return double(ms) * 1e3 / n;
+}
+
 // CPU writes a host-mapped word, a GPU stream waiting on it writes an ack word, the CPU polls the
 // ack: the latency of a CPU -> GPU -> CPU fence hop. Then two streams ping-pong through two
 // words, GPU to GPU, to give the per-hop cost with no CPU on the path.
@@ -29,7 +64,7 @@ nlohmann::json measure_fences() {
   use_device(0);
   auto seg = platform::Segment::create_anonymous("dp-doctor", protocol::kFencePageBytes, false);
   auto* words = static_cast<protocol::AtomicU64*>(seg.data());
-  for (int i = 0; i < 4; ++i) new (&words[i * 8]) protocol::AtomicU64(0);
+  for (int i = 0; i < 6; ++i) new (&words[i * 8]) protocol::AtomicU64(0);
   DP_CU_CHECK(cuMemHostRegister, seg.data(), seg.size(), CU_MEMHOSTREGISTER_DEVICEMAP);
   CUdeviceptr d = 0;
   DP_CU_CHECK(cuMemHostGetDevicePointer, &d, seg.data(), 0);
@@ -67,9 +102,25 @@ nlohmann::json measure_fences() {
   DP_CUDA_CHECK(cudaStreamSynchronize(b));
   cudaStreamDestroy(a);
   cudaStreamDestroy(b);
+  // Where the fence words live: host pages registered with the device (what the transport uses)
+  // against device memory. The median of 5 runs each, GPU-event timed.
+  std::vector<double> host_rt, dev_rt;
+  void* dwords = nullptr;
+  DP_CUDA_CHECK(cudaMalloc(&dwords, 256));
+  DP_CUDA_CHECK(cudaMemset(dwords, 0, 256));
+  const auto dd = reinterpret_cast<CUdeviceptr>(dwords);
+  std::uint64_t base = 100000;
+  for (int r = 0; r < 5; ++r, base += 1000) {
+    host_rt.push_back(pingpong_us(go, d + 256, d + 320, words[0], base));
+    base += 1000;
+    dev_rt.push_back(pingpong_us(go, dd, dd + 64, words[0], base));
+  }
+  cudaFree(dwords);
   driver().cuMemHostUnregister(seg.data());
   return {{"cpu_gpu_cpu_hop_us_p50", median(hop)},
           {"gpu_gpu_pingpong_drain_us_per_round_trip_upper_bound", total_us / n},
+          {"gpu_gpu_round_trip_us_host_words", median(host_rt)},
+          {"gpu_gpu_round_trip_us_device_words", median(dev_rt)},
           {"samples", hop.size()}};
 }
 
