@@ -5,6 +5,9 @@
 #include "commands.hpp"
 #include "directport/compositor/compositor.hpp"
 #include "directport/core/runtime.hpp"
+#if DIRECTPORT_HAS_STUDENT
+#include "directport/student/student.hpp"
+#endif
 #include "nodes.hpp"
 #include "directport/core/error.hpp"
 
@@ -17,6 +20,9 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   dp::cli::register_builtin_nodes(dp::NodeRegistry::instance());
   dp::compositor::register_compositor_node(dp::NodeRegistry::instance());
+#if DIRECTPORT_HAS_STUDENT
+  dp::student::register_student_node(dp::NodeRegistry::instance());
+#endif
   dp::cli::add_doctor(app, exit_code);
   dp::cli::add_ls(app, exit_code);
   dp::cli::add_inspect(app, exit_code);

@@ -138,6 +138,56 @@ nlohmann::json FusionLayout::to_json() const {
           {"mask", {{"offset", mask_offset_}, {"length", inputs_.size()}}}};
 }
 
+FusionLayout FusionLayout::from_json(const nlohmann::json& j) {
+  auto bad = [](const std::string& key, const std::string& why) { return ValidationError("fused layout: '" + key + "' " + why); };
+  if (!j.is_object()) throw ValidationError("fused layout: expected a JSON object, got " + j.dump().substr(0, 80));
+  auto field = [&](const nlohmann::json& o, const std::string& key, const std::string& where) -> const nlohmann::json& {
+    auto it = o.find(key);
+    if (it == o.end()) throw bad(where + key, "is missing");
+    return *it;
+  };
+  try {
+    if (field(j, "kind", "") != "fused") throw bad("kind", "is not \"fused\"");
+    if (field(j, "version", "") != 1) throw bad("version", "is not 1 (a layout of another version of DirectPort)");
+    const auto& grid = field(j, "grid", "");
+    if (!grid.is_array() || grid.size() != 2) throw bad("grid", "is not [H, W]");
+    std::vector<FusionInput> inputs;
+    const auto& segs = field(j, "segments", "");
+    if (!segs.is_array()) throw bad("segments", "is not an array");
+    for (std::size_t i = 0; i < segs.size(); ++i) {
+      const std::string at = "segments[" + std::to_string(i) + "].";
+      const auto& sg = segs[i];
+      if (!sg.is_object()) throw bad(at, "is not an object");
+      FusionInput in;
+      in.name = field(sg, "teacher", at).get<std::string>();
+      in.dtype = parse_dtype(field(sg, "source_dtype", at).get<std::string>());
+      in.shape = field(sg, "source_shape", at).get<std::vector<std::int64_t>>();
+      in.norm = parse_norm_mode(field(sg, "norm", at).get<std::string>());
+      inputs.push_back(std::move(in));
+    }
+    FusionLayout L(std::move(inputs), grid[0].get<std::int64_t>(), grid[1].get<std::int64_t>(),
+                   parse_dtype(field(j, "dtype", "").get<std::string>()), field(j, "momentum", "").get<double>(),
+                   field(j, "eps", "").get<double>());
+    // The offsets and shapes it states must be the ones it implies.
+    if (field(j, "elements", "").get<std::size_t>() != L.total_elements()) throw bad("elements", "disagrees with the segments");
+    for (std::size_t i = 0; i < L.teachers(); ++i) {
+      const std::string at = "segments[" + std::to_string(i) + "].";
+      if (field(segs[i], "offset", at).get<std::size_t>() != L.offset(i)) throw bad(at + "offset", "disagrees with the segments before it");
+      if (field(segs[i], "shape", at).get<std::vector<std::int64_t>>() != L.segment_shape(i)) {
+        throw bad(at + "shape", "disagrees with the grid and the source shape");
+      }
+    }
+    const auto& mask = field(j, "mask", "");
+    if (field(mask, "offset", "mask.").get<std::size_t>() != L.mask_offset() ||
+        field(mask, "length", "mask.").get<std::size_t>() != L.teachers()) {
+      throw bad("mask", "disagrees with the segments");
+    }
+    return L;
+  } catch (const nlohmann::json::exception& e) {
+    throw ValidationError(std::string("fused layout: a field has the wrong type: ") + e.what());
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 FusionCpu::FusionCpu(FusionLayout layout) : layout_(std::move(layout)) {

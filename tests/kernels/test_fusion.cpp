@@ -147,6 +147,33 @@ TEST(FusionLayout, OffsetsShapesAndMask) {
   EXPECT_EQ(j["mask"]["length"], 3);
 }
 
+TEST(FusionLayout, JsonRoundTripAndTamperedLayoutsAreRefused) {
+  FusionLayout L({map("edges", DType::f32, 3, 10, 20, NormMode::none), vec("text", DType::f16, 5, NormMode::isotropic)}, 20,
+                 40, DType::bf16, 0.05, 1e-4);
+  auto j = L.to_json();
+  auto back = FusionLayout::from_json(j);
+  EXPECT_EQ(back.to_json(), j);
+  auto refused = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& needle) {
+    auto t = j;
+    edit(t);
+    try {
+      FusionLayout::from_json(t);
+      ADD_FAILURE() << "accepted: " << t.dump();
+    } catch (const ValidationError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  refused([](auto& t) { t["kind"] = "raw"; }, "'kind'");
+  refused([](auto& t) { t["version"] = 2; }, "'version'");
+  refused([](auto& t) { t.erase("grid"); }, "'grid' is missing");
+  refused([](auto& t) { t["segments"][1]["offset"] = 7; }, "segments[1].offset");
+  refused([](auto& t) { t["segments"][0]["shape"] = {3, 10, 20}; }, "segments[0].shape");
+  refused([](auto& t) { t["elements"] = 1; }, "'elements'");
+  refused([](auto& t) { t["mask"]["length"] = 3; }, "'mask'");
+  refused([](auto& t) { t["segments"][0]["source_dtype"] = "u8"; }, "dtype");
+  refused([](auto& t) { t["segments"][0]["teacher"] = 5; }, "wrong type");
+}
+
 void expect_invalid(const std::function<void()>& f, const std::string& needle) {
   try {
     f();

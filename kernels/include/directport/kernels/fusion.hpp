@@ -84,6 +84,9 @@ class FusionLayout {
 
   // The layout as published in the fused stream's manifest (docs/FUSION.md).
   nlohmann::json to_json() const;
+  // Back from that JSON (a consumer taking a fused stream apart): checked field by field and
+  // against the offsets it implies; a ValidationError names the bad key.
+  static FusionLayout from_json(const nlohmann::json& j);
 
  private:
   std::vector<FusionInput> inputs_;

@@ -1,0 +1,137 @@
+// The student node in a launched graph on the host backend: it pairs a sensor stream with the
+// compositor's fused stream, trains, publishes its prediction in the fused layout, writes its
+// CSV report and checkpoints; killed with SIGKILL, it is restarted by the launcher and resumes
+// from its last checkpoint.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <regex>
+
+#include "directport/core/discovery.hpp"
+#include "directport/core/stream.hpp"
+#include "support/fixtures.hpp"
+#include "support/launch.hpp"
+#include "support/test_support.hpp"
+
+#ifndef DP_CLI
+#error "DP_CLI (the path of the directport binary) must be defined by CMake"
+#endif
+
+namespace dp {
+namespace {
+
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+class StudentMP : public test::DomainTest {
+ protected:
+  void SetUp() override {
+    DomainTest::SetUp();
+    char tmpl[] = "/tmp/dp_test_student_graph_XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override {
+    auto left = test::processes_with_arg(domain_);
+    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
+    for (int pid : left) ::kill(pid, SIGKILL);
+    for (auto f : {"/graph.json", "/ck.json", "/ck.model.pt", "/ck.optim.pt", "/report.csv", "/ck.json.tmp",
+                   "/ck.model.pt.tmp", "/ck.optim.pt.tmp"}) {
+      std::remove((dir_ + f).c_str());
+    }
+    ::rmdir(dir_.c_str());
+    DomainTest::TearDown();
+  }
+  // The student's counters from its manifest (an empty object until it has published them).
+  json student_info() {
+    for (auto& e : list_nodes(domain_)) {
+      if (e.name != "student" || !e.doc.is_object()) continue;
+      const auto& info = e.doc.value("info", json::object());
+      if (info.contains("student") && info["student"].is_object()) return info["student"];
+    }
+    return json::object();
+  }
+  long long pid_of(const std::string& node) {
+    for (auto& e : list_nodes(domain_)) {
+      if (e.name == node && e.liveness == Liveness::live) return e.owner.pid;
+    }
+    return -1;
+  }
+  std::string dir_;
+};
+
+TEST_F(StudentMP, TrainsPublishesCheckpointsAndResumesAfterSigkill) {
+  json g{{"domain", domain_},
+         {"nodes",
+          {{{"name", "cam"},
+            {"type", "tensor-source"},
+            {"params", {{"memory", "host"}, {"shape", {3, 32, 32}}, {"rate_hz", 100.0}, {"seed", 5}}}},
+           {{"name", "edges"},
+            {"type", "tensor-source"},
+            {"params", {{"memory", "host"}, {"shape", {2, 8, 8}}, {"rate_hz", 100.0}, {"seed", 6}}}},
+           {{"name", "fuse"},
+            {"type", "compositor"},
+            {"params", {{"memory", "host"}, {"teachers", {{{"from", "edges/out"}}}}, {"grid", {8, 8}}, {"wait_ms", 5.0}}}},
+           {{"name", "student"},
+            {"type", "student"},
+            {"restart", "on-failure"},
+            {"params",
+             {{"input", "cam/out"},
+              {"target", "fuse/fused"},
+              {"width", 8},
+              {"checkpoint", dir_ + "/ck"},
+              {"checkpoint_every", 20},
+              {"report", dir_ + "/report.csv"},
+              {"report_every", 5},
+              {"progress_s", 0.2}}}}}}};
+  std::ofstream(dir_ + "/graph.json") << g.dump(2);
+  test::Launcher launch(DP_CLI, {dir_ + "/graph.json", "-q"});
+  // Training: the step count in the student's manifest passes 60.
+  ASSERT_TRUE(test::wait_until([&] { return student_info().value("step", 0) >= 60; }, 60s, 50ms))
+      << "the student did not reach 60 steps; log:\n" << launch.log();
+  auto info = student_info();
+  EXPECT_GE(info["paired"].get<std::uint64_t>(), 60u);
+  // Its prediction has the fused stream's layout.
+  {
+    SubscribeOptions o;
+    o.domain = domain_;
+    Subscriber pred("student", "prediction", o);
+    Subscriber fused("fuse", "fused", o);
+    EXPECT_EQ(pred.spec().layout, fused.spec().layout);
+    EXPECT_EQ(pred.spec().frame_bytes(), fused.spec().frame_bytes());
+  }
+  // A checkpoint exists; kill the student and let the launcher restart it.
+  ASSERT_TRUE(test::wait_until([&] { return std::ifstream(dir_ + "/ck.json").good(); }, 10s));
+  const long long old = pid_of("student");
+  ASSERT_GT(old, 0);
+  ASSERT_EQ(::kill(static_cast<pid_t>(old), SIGKILL), 0);
+  ASSERT_TRUE(launch.wait_log("resumed from checkpoint", 30s)) << launch.log();
+  std::smatch m;
+  const std::string log = launch.log();
+  ASSERT_TRUE(std::regex_search(log, m, std::regex("resumed from checkpoint \\S+ at step (\\d+)"))) << log;
+  const auto resumed = std::stoull(m[1]);
+  EXPECT_GE(resumed, 20u);
+  EXPECT_EQ(resumed % 20, 0u) << "resumed from a checkpoint written every 20 steps";
+  ASSERT_TRUE(test::wait_until([&] { return student_info().value("step", 0ull) >= resumed + 20; }, 60s, 50ms))
+      << "the restarted student did not train on; log:\n" << launch.log();
+  EXPECT_NE(pid_of("student"), old);
+  launch.signal(SIGINT);
+  auto rc = launch.wait(30s);
+  ASSERT_TRUE(rc);
+  EXPECT_EQ(*rc, 0) << launch.log();
+  auto fin = test::final_line(launch.log(), "student");
+  ASSERT_TRUE(fin.is_object()) << launch.log();
+  EXPECT_GT(fin["step"].get<std::uint64_t>(), resumed);
+  // The CSV: a header, then rows whose step increases within each run.
+  std::ifstream csv(dir_ + "/report.csv");
+  std::string header, line;
+  std::getline(csv, header);
+  EXPECT_EQ(header.rfind("step,time_s,loss,loss_edges,steps_per_s,paired", 0), 0u) << header;
+  int rows = 0;
+  while (std::getline(csv, line)) ++rows;
+  EXPECT_GE(rows, 10);
+}
+
+}  // namespace
+}  // namespace dp
