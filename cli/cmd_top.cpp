@@ -64,6 +64,11 @@ class Sampler {
                           {"liveness", n.liveness ? liveness_name(*n.liveness) : "invalid"},
                           {"type", n.doc.is_object() ? n.doc.value("type", "?") : "?"}};
       if (!n.problem.empty()) node["problem"] = n.problem;
+      // A node's own one-line status (the student's losses, the compositor's counts), if it has one.
+      if (n.doc.is_object() && n.doc.contains("info") && n.doc["info"].is_object() && n.doc["info"].contains("status") &&
+          n.doc["info"]["status"].is_string()) {
+        node["status"] = n.doc["info"]["status"];
+      }
       if (n.liveness != Liveness::dead && n.owner.pid > 0) {
         auto key = std::to_string(n.owner.pid) + "/" + std::to_string(n.owner.start_time);
         CpuSample cur{cpu_ticks(n.owner.pid), now};
@@ -157,6 +162,14 @@ void print_table(const nlohmann::json& s) {
                 n["liveness"].get<std::string>().c_str(), fmt(n, "cpu_percent", "%.1f").c_str(),
                 fmt(n, "rss_mib", "%.1f").c_str(), fmt(n, "gpu_stream_mib", "%.1f").c_str(),
                 n.value("problem", "").c_str());
+  }
+  bool any_status = false;
+  for (auto& n : s["nodes"]) any_status = any_status || n.contains("status");
+  if (any_status) {
+    std::printf("\n%-18s %s\n", "NODE", "STATUS");
+    for (auto& n : s["nodes"]) {
+      if (n.contains("status")) std::printf("%-18s %s\n", n["name"].get<std::string>().c_str(), n["status"].get<std::string>().c_str());
+    }
   }
   std::printf("\n%-26s %-9s %10s %10s %9s %8s %6s %5s %6s\n", "STREAM", "MEMORY", "RATE Hz", "PUBLISHED", "LAT us",
               "DROPPED", "SUBS", "HELD", "LAG");

@@ -366,6 +366,14 @@ int run_compositor(NodeContext& ctx) {
       if (frames_limit && fused >= frames_limit) break;
     }
     if (now - last_info > 1'000'000'000) {
+      const auto& c = aligner.counters();
+      std::string live;
+      for (auto& t : teachers) live += (live.empty() ? "" : " ") + t.conf.name + (t.live ? "+" : "-");
+      char line[256];
+      std::snprintf(line, sizeof line, "fused %llu (complete %llu), late %llu, evicted %llu; teachers %s",
+                    static_cast<unsigned long long>(fused), static_cast<unsigned long long>(c.complete),
+                    static_cast<unsigned long long>(c.late), static_cast<unsigned long long>(c.evicted), live.c_str());
+      node.set_info("status", line);
       node.set_info("compositor", report());
       last_info = now;
     }

@@ -10,6 +10,7 @@
 
 #include "directport/core/discovery.hpp"
 #include "directport/core/stream.hpp"
+#include "directport/platform/child.hpp"
 #include "support/fixtures.hpp"
 #include "support/launch.hpp"
 #include "support/test_support.hpp"
@@ -100,6 +101,14 @@ TEST_F(StudentMP, TrainsPublishesCheckpointsAndResumesAfterSigkill) {
     Subscriber fused("fuse", "fused", o);
     EXPECT_EQ(pred.spec().layout, fused.spec().layout);
     EXPECT_EQ(pred.spec().frame_bytes(), fused.spec().frame_bytes());
+  }
+  // `top` shows the student's and the compositor's status lines.
+  {
+    auto c = platform::Child::spawn({DP_CLI, "top", "--once", "-d", domain_}, {true, true});
+    ASSERT_EQ(c.wait_for(15s), 0) << c.output();
+    EXPECT_NE(c.output().find("STATUS"), std::string::npos) << c.output();
+    EXPECT_TRUE(std::regex_search(c.output(), std::regex("student +step \\d+, [0-9.]+ steps/s, loss"))) << c.output();
+    EXPECT_TRUE(std::regex_search(c.output(), std::regex("fuse +fused \\d+ \\(complete"))) << c.output();
   }
   // A checkpoint exists; kill the student and let the launcher restart it.
   ASSERT_TRUE(test::wait_until([&] { return std::ifstream(dir_ + "/ck.json").good(); }, 10s));
