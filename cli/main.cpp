@@ -5,8 +5,9 @@
 #include "commands.hpp"
 #include "directport/compositor/compositor.hpp"
 #include "directport/core/runtime.hpp"
-#if DIRECTPORT_HAS_STUDENT
+#if DIRECTPORT_HAS_TORCH
 #include "directport/student/student.hpp"
+#include "directport/teachers/torchscript.hpp"
 #endif
 #include "nodes.hpp"
 #include "directport/core/error.hpp"
@@ -20,8 +21,9 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   dp::cli::register_builtin_nodes(dp::NodeRegistry::instance());
   dp::compositor::register_compositor_node(dp::NodeRegistry::instance());
-#if DIRECTPORT_HAS_STUDENT
+#if DIRECTPORT_HAS_TORCH
   dp::student::register_student_node(dp::NodeRegistry::instance());
+  dp::teachers::register_torchscript_teacher(dp::NodeRegistry::instance());
 #endif
   dp::cli::add_doctor(app, exit_code);
   dp::cli::add_ls(app, exit_code);
