@@ -194,5 +194,26 @@ TEST(SileroVad, RealWeightsGiveASpeechProbability) {
   }
 }
 
+// MTCNN's P-Net with its real weights (from the PyPI package facenet-pytorch, scripts/fetch-models).
+TEST(MtcnnPnet, RealWeightsGiveFeatureMapsAndAFaceProbability) {
+  const std::string path = std::string(DP_SOURCE_DIR) + "/models/mtcnn_pnet.pt";
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) GTEST_SKIP() << path << " is not there: run scripts/fetch-models";
+  torch::set_num_threads(1);
+  auto m = torch::jit::load(path);
+  m.eval();
+  torch::NoGradGuard g;
+  auto x = (torch::rand({1, 3, 128, 128}) * 255 - 127.5) * 0.0078125;
+  auto y = m.forward({x}).toTensor();
+  ASSERT_EQ(y.sizes().vec(), (std::vector<std::int64_t>{1, 33, 59, 59}));
+  EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+  auto face = y.select(1, 32);
+  EXPECT_GE(face.min().item<float>(), 0.0f);
+  EXPECT_LE(face.max().item<float>(), 1.0f);
+  // Learned filters respond to structure: a flat image and a noisy one give different features.
+  auto flat = m.forward({torch::zeros({1, 3, 128, 128})}).toTensor();
+  EXPECT_GT((y.narrow(1, 0, 32) - flat.narrow(1, 0, 32)).abs().mean().item<float>(), 1e-3f);
+}
+
 }  // namespace
 }  // namespace dp::teachers
