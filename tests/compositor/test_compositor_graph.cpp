@@ -119,6 +119,26 @@ TEST_F(CompositorMP, FusedFramesAreTheReferenceFusionAndADeadTeacherIsMaskedUnti
   json params{{"memory", "host"},  {"teachers", teachers_param()}, {"grid", {24, 32}}, {"dtype", "f32"},
               {"slots", 8},        {"wait_ms", 30.0},              {"momentum", 0.1},    {"wait_subscribers", 1}};
   test::Launcher launch(DP_CLI, {write(graph(params)), "-q"});
+  // `inspect` shows the segments.
+  // (Before subscribing: the compositor fuses only once a consumer is there, so that this test
+  // sees every fused frame from the first.)
+  {
+    std::string out;
+    ASSERT_TRUE(test::wait_until(
+        [&] {
+          auto c = platform::Child::spawn({DP_CLI, "inspect", "fuse/fused", "-d", domain_}, {true, true});
+          auto rc = c.wait_for(15s);
+          out = c.output();
+          return rc && *rc == 0 && out.find("layout:") != std::string::npos;
+        },
+        15s, 100ms))
+        << out << launch.log();
+    const auto& c = out;
+    for (const char* part : {"layout: fused, grid [24,32]", "edges", "from f16 [3,24,32], norm none", "depth",
+                             "from bf16 [1,48,64], norm channel", "mask"}) {
+      EXPECT_NE(c.find(part), std::string::npos) << "'" << part << "' not in:\n" << c;
+    }
+  }
   auto sub = subscribe_within("fuse", "fused", domain_, 15s);
   ASSERT_TRUE(sub) << "no fused stream within 15 s; launcher log:\n" << launch.log();
 
@@ -129,15 +149,6 @@ TEST_F(CompositorMP, FusedFramesAreTheReferenceFusionAndADeadTeacherIsMaskedUnti
   ASSERT_EQ(sub->spec().layout, layout.to_json());
   ASSERT_EQ(sub->spec().frame_bytes(), layout.total_bytes());
 
-  // `inspect` shows the segments.
-  {
-    auto c = platform::Child::spawn({DP_CLI, "inspect", "fuse/fused", "-d", domain_}, {true, true});
-    ASSERT_EQ(c.wait_for(15s), 0) << c.output();
-    for (const char* part : {"layout: fused, grid [24,32]", "edges", "from f16 [3,24,32], norm none", "depth",
-                             "from bf16 [1,48,64], norm channel", "mask"}) {
-      EXPECT_NE(c.output().find(part), std::string::npos) << "'" << part << "' not in:\n" << c.output();
-    }
-  }
   kernels::FusionCpu replica(layout);
   std::vector<std::vector<std::uint8_t>> in(kTeachers.size());
   for (std::size_t i = 0; i < kTeachers.size(); ++i) in[i].resize(layout.input_bytes(i));

@@ -293,7 +293,9 @@ TEST(FusionCpu, ResamplingMatchesFloat64OnRandomOddSizes) {
     fu.fuse({in.data()}, out.data());
     auto r = read_out(L, out);
     auto want = resample_ref(in, c.C, c.H, c.W, c.Hg, c.Wg);
-    for (std::size_t k = 0; k < want.size(); ++k) ASSERT_NEAR(r[k], want[k], 1e-5) << "element " << k;
+    // The kernel computes source positions and weights in float, as PyTorch does: a few float
+    // ulps of the position, times the slope of the data.
+    for (std::size_t k = 0; k < want.size(); ++k) ASSERT_NEAR(r[k], want[k], 5e-5 * (1 + std::fabs(want[k]))) << "element " << k;
   }
 }
 
