@@ -12,6 +12,7 @@
 #include "directport/core/error.hpp"
 #include "directport/student/pairer.hpp"
 #include "directport/student/trainer.hpp"
+#include "support/gpu_test.hpp"
 #include "support/test_support.hpp"
 
 namespace dp::student {
@@ -277,6 +278,38 @@ TEST(Trainer, ReplayAddsPastPairsToTheBatch) {
     ASSERT_TRUE(std::isfinite(r.loss));
   }
   EXPECT_EQ(t.steps(), 30u);
+}
+
+// The same learnable task on the GPU: the trainer's tensors on the device, torch on a stream of
+// ours (as the node runs it), the inputs wrapped in place with from_blob.
+class GpuStudent : public test::GpuTest {};
+
+TEST_F(GpuStudent, TrainsOnTheDeviceFromFramesWrappedInPlace) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "this LibTorch sees no CUDA device";
+  std::mt19937_64 rng(test::test_seed());
+  Task task;
+  auto o = cpu_options();
+  o.device = torch::Device(torch::kCUDA, 0);
+  Trainer t(task.layout, task.input_shape, o);
+  auto dev = torch::TensorOptions().device(torch::kCUDA, 0);
+  // Device buffers standing for mapped frames.
+  auto in_buf = torch::empty({3, 32, 32}, dev);
+  auto tg_buf = torch::empty({static_cast<std::int64_t>(task.layout.total_elements())}, dev);
+  double first = 0, last = 0;
+  const int steps = 300, window = 30;
+  for (int s = 0; s < steps; ++s) {
+    auto x = task.input(rng);
+    in_buf.copy_(x);
+    tg_buf.copy_(task.fused(x));
+    auto xi = torch::from_blob(in_buf.data_ptr(), {3, 32, 32}, dev);
+    auto yi = torch::from_blob(tg_buf.data_ptr(), {tg_buf.numel()}, dev);
+    auto r = t.step(xi, yi);
+    ASSERT_TRUE(std::isfinite(r.loss));
+    if (s < window) first += r.loss / window;
+    if (s >= steps - window) last += r.loss / window;
+  }
+  EXPECT_LT(last, 0.5 * first);
+  EXPECT_TRUE(t.predict_flat(in_buf).is_cuda());
 }
 
 }  // namespace
