@@ -5,6 +5,7 @@
 #include "commands.hpp"
 #include "directport/compositor/compositor.hpp"
 #include "directport/core/runtime.hpp"
+#include "directport/teachers/nodes.hpp"
 #if DIRECTPORT_HAS_TORCH
 #include "directport/student/student.hpp"
 #include "directport/teachers/torchscript.hpp"
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   int exit_code = 0;
   dp::cli::register_builtin_nodes(dp::NodeRegistry::instance());
   dp::compositor::register_compositor_node(dp::NodeRegistry::instance());
+  dp::teachers::register_teacher_nodes(dp::NodeRegistry::instance());
 #if DIRECTPORT_HAS_TORCH
   dp::student::register_student_node(dp::NodeRegistry::instance());
   dp::teachers::register_torchscript_teacher(dp::NodeRegistry::instance());
