@@ -160,7 +160,7 @@ TEST(TeacherSdk, RegistrationRefusesDuplicatesAndReservedParams) {
   EXPECT_NE(m.find("declares param 'from'"), std::string::npos) << m;
   EXPECT_EQ(TeacherRegistry::instance().find("test-reserved"), nullptr);
   // The library's own teachers are all there.
-  for (const char* t : {"template"}) {
+  for (const char* t : {"template", "edges", "scene-depth", "audio-spectrum", "caption-hash"}) {
     EXPECT_NE(TeacherRegistry::instance().find(t), nullptr) << t;
   }
 }
