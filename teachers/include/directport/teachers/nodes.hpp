@@ -1,4 +1,5 @@
-// The node types of the teachers library: one node type per registered teacher (teacher.hpp).
+// The node types of the teachers library: the `scene` sensor and one node type per registered
+// teacher (teacher.hpp).
 #pragma once
 
 #include "directport/core/runtime.hpp"
@@ -8,6 +9,7 @@ namespace dp::teachers {
 void register_teacher_nodes(NodeRegistry& r);
 
 // The parts, for programs that want only some of them.
+void register_scene_node(NodeRegistry& r);
 void register_teacher_node_types(NodeRegistry& r);  // one per TeacherRegistry entry
 
 }  // namespace dp::teachers
