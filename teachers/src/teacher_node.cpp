@@ -183,6 +183,7 @@ void register_teacher_node_types(NodeRegistry& r) {
 
 void register_teacher_nodes(NodeRegistry& r) {
   register_scene_node(r);
+  register_file_source_nodes(r);
   register_teacher_node_types(r);
 }
 

@@ -1,5 +1,5 @@
-// The node types of the teachers library: the `scene` sensor and one node type per registered
-// teacher (teacher.hpp).
+// The node types of the teachers library: the `scene` sensor, the file sources (`image-folder`,
+// `wav-file`, `text-file`) and one node type per registered teacher (teacher.hpp).
 #pragma once
 
 #include "directport/core/runtime.hpp"
@@ -10,6 +10,7 @@ void register_teacher_nodes(NodeRegistry& r);
 
 // The parts, for programs that want only some of them.
 void register_scene_node(NodeRegistry& r);
+void register_file_source_nodes(NodeRegistry& r);
 void register_teacher_node_types(NodeRegistry& r);  // one per TeacherRegistry entry
 
 }  // namespace dp::teachers
