@@ -16,8 +16,8 @@ using nlohmann::json;
 
 namespace {
 
-int run_scene(NodeContext& ctx) {
-  const auto& p = ctx.params();
+// The scene's config from the node's params, checked (errors name the param).
+SceneConfig scene_config(const json& p) {
   SceneConfig c;
   auto int_param = [&](const char* key, long long lo, long long hi) {
     const auto v = p[key].get<long long>();
@@ -34,6 +34,13 @@ int run_scene(NodeContext& ctx) {
   c.caption_len = static_cast<int>(int_param("caption_len", 16, 65536));
   c.seed = p["seed"].get<std::uint64_t>();
   c.rate_hz = p["rate_hz"].get<double>();
+  c.validate();
+  return c;
+}
+
+int run_scene(NodeContext& ctx) {
+  const auto& p = ctx.params();
+  const SceneConfig c = scene_config(p);
   const Scene scene(c);
   const auto memory = detail::choose_memory(p["memory"].get<std::string>());
   const auto frames = p["frames"].get<std::uint64_t>();
@@ -136,7 +143,14 @@ void register_scene_node(NodeRegistry& r) {
               {"slots", T::integer, 3, false, "slots in each ring (2..16)"},
               {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc"},
               {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"}};
-  s.publishes = [](const json&) { return std::vector<std::string>{"rgb", "depth", "audio", "caption"}; };
+  s.publishes = [](const json& p) {
+    try {
+      scene_config(p);
+    } catch (const ValidationError& e) {
+      detail::rethrow_keyed(e);
+    }
+    return std::vector<std::string>{"rgb", "depth", "audio", "caption"};
+  };
   s.subscribes = [](const json&) { return std::vector<std::string>{}; };
   s.run = run_scene;
   r.add(std::move(s));

@@ -14,6 +14,16 @@
 
 namespace dp::teachers::detail {
 
+void rethrow_keyed(const ValidationError& e) {
+  const std::string m = e.what();
+  const std::string head = "param '";
+  const auto end = m.find("': ", head.size());
+  if (m.rfind(head, 0) == 0 && end != std::string::npos) {
+    throw ValidationError(m.substr(head.size(), end - head.size()) + ": " + m.substr(end + 3));
+  }
+  throw e;
+}
+
 MemoryKind choose_memory(const std::string& m, const std::string& param) {
   if (m == "auto") return cuda::gpu_available() ? MemoryKind::cuda_vmm : MemoryKind::host;
   MemoryKind k;

@@ -7,10 +7,16 @@
 #include <optional>
 #include <string>
 
+#include "directport/core/error.hpp"
 #include "directport/core/stream.hpp"
 #include "directport/core/types.hpp"
 
 namespace dp::teachers::detail {
+
+// For checks run while a graph config is validated (a node type's publishes/subscribes): the
+// launcher prefixes the message with the node's params path, so "param 'K': why" becomes "K: why"
+// ("nodes[1] (edges).params.scales: ..."). Other messages are rethrown as they are.
+[[noreturn]] void rethrow_keyed(const ValidationError& e);
 
 // "auto" | "host" | "cuda-vmm" | "cuda-ipc" -> the memory kind here; errors name `param`.
 MemoryKind choose_memory(const std::string& m, const std::string& param = "memory");

@@ -22,21 +22,40 @@ namespace {
 
 TensorSpec tensor_of(const StreamSpec& s) { return TensorSpec{s.dtype, s.shape, s.layout}; }
 
-int run_teacher(NodeContext& ctx, const TeacherInfo& info) {
-  const auto& p = ctx.params();
-  const auto from = p["from"].get<std::string>();
-  if (parse_stream_address(from).stream.empty()) {
-    throw ValidationError("param 'from': expected NODE/STREAM, got '" + from + "'");
-  }
-  const auto take = p["take"].get<std::string>();
-  if (take != "latest" && take != "next") throw ValidationError("param 'take': expected latest or next, got '" + take + "'");
-  const bool take_latest = take == "latest";
-  const auto frames_limit = p["frames"].get<std::uint64_t>();
-  const auto startup_s = p["startup_timeout_s"].get<double>();
+// The teacher's own params, out of the node's.
+json own_params(const TeacherInfo& info, const json& p) {
   json own = json::object();
   for (auto& ps : info.params) own[ps.name] = p[ps.name];
+  return own;
+}
+
+// What can be checked without the input: the SDK's params and the teacher's own (configure()).
+// Runs when the node starts and when a graph config is validated (`launch --check`).
+void check_params(const TeacherInfo& info, const json& p) {
+  const auto from = p["from"].get<std::string>();
+  StreamAddress a;
+  try {
+    a = parse_stream_address(from);
+  } catch (const ValidationError&) {
+  }
+  if (a.stream.empty()) throw ValidationError("param 'from': expected NODE/STREAM, got '" + from + "'");
+  const auto take = p["take"].get<std::string>();
+  if (take != "latest" && take != "next") throw ValidationError("param 'take': expected latest or next, got '" + take + "'");
+  const auto memory = p["memory"].get<std::string>();
+  if (memory != "auto") detail::choose_memory(memory);
+  auto t = info.make();
+  t->configure(own_params(info, p));
+}
+
+int run_teacher(NodeContext& ctx, const TeacherInfo& info) {
+  const auto& p = ctx.params();
+  check_params(info, p);  // bad params fail before waiting for the input
+  const auto from = p["from"].get<std::string>();
+  const bool take_latest = p["take"].get<std::string>() == "latest";
+  const auto frames_limit = p["frames"].get<std::uint64_t>();
+  const auto startup_s = p["startup_timeout_s"].get<double>();
+  const json own = own_params(info, p);
   const auto memory_param = p["memory"].get<std::string>();
-  if (memory_param != "auto") detail::choose_memory(memory_param);  // a bad name fails before waiting
 
   Node& node = ctx.node();
   // The input: its spec decides the output's, so wait for it (bounded).
@@ -175,7 +194,14 @@ void register_teacher_node_types(NodeRegistry& r) {
     t.params = sdk_params();
     t.params.insert(t.params.end(), info->params.begin(), info->params.end());
     t.publishes = [](const json& p) { return std::vector<std::string>{p["stream"].get<std::string>()}; };
-    t.subscribes = [](const json& p) { return std::vector<std::string>{p["from"].get<std::string>()}; };
+    t.subscribes = [info](const json& p) {
+      try {
+        check_params(*info, p);
+      } catch (const ValidationError& e) {
+        detail::rethrow_keyed(e);
+      }
+      return std::vector<std::string>{p["from"].get<std::string>()};
+    };
     t.run = [info](NodeContext& ctx) { return run_teacher(ctx, *info); };
     r.add(std::move(t));
   }

@@ -3,6 +3,7 @@
 //  - every teacher on known input: its output stream's spec, the input's frame_id and t_source
 //    passed through, and a value that depends on that very frame;
 //  - an input a teacher cannot take, and bad params, end the node with exit 2 naming the key;
+//    `launch --check` names bad teacher and scene params by their path in the config;
 //  - a producer that comes back with another shape is followed when the teacher's output stays the
 //    same, and stops the teacher (exit 1, saying why) when it would not.
 #include <gtest/gtest.h>
@@ -11,6 +12,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <thread>
 
@@ -231,6 +233,29 @@ TEST_F(TeacherNodeMP, AnInputATeacherCannotTakeOrABadParamEndsTheNodeNamingTheKe
   ASSERT_TRUE(rc);
   EXPECT_EQ(*rc, 2) << u.output();
   EXPECT_NE(u.output().find("params.bandz"), std::string::npos) << u.output();
+}
+
+TEST_F(TeacherNodeMP, LaunchCheckNamesBadTeacherAndSceneParamsByPath) {
+  const json g{{"domain", domain_},
+               {"nodes",
+                {{{"name", "cam"}, {"type", "scene"}, {"params", {{"width", 4}}}},
+                 {{"name", "e"}, {"type", "edges"}, {"params", {{"from", "cam/rgb"}, {"scales", {1, 0}}}}},
+                 {{"name", "a"}, {"type", "audio-spectrum"}, {"params", {{"from", "cam/audio"}, {"take", "sometimes"}}}},
+                 {{"name", "t"}, {"type", "caption-hash"}, {"params", {{"from", "cam"}}}},
+                 {{"name", "ok"}, {"type", "scene-depth"}, {"params", {{"from", "cam/depth"}}}}}}};
+  const std::string path = "/tmp/dp_test_check_" + domain_ + ".json";
+  std::ofstream(path) << g.dump();
+  auto c = platform::Child::spawn({DP_CLI, "launch", path, "--check"}, {true, true});
+  auto rc = c.wait_for(15s);
+  std::remove(path.c_str());
+  ASSERT_TRUE(rc);
+  EXPECT_EQ(*rc, 2) << c.output();
+  for (const char* part : {"config has 4 problems", "nodes[0] (cam).params.width: must be in 8..8192, got 4",
+                           "nodes[1] (e).params.scales: each cell size must be an integer in 1..64",
+                           "nodes[2] (a).params.take: expected latest or next", "nodes[3] (t).params.from: expected NODE/STREAM"}) {
+    EXPECT_NE(c.output().find(part), std::string::npos) << "'" << part << "' not in:\n" << c.output();
+  }
+  EXPECT_EQ(c.output().find("(ok)"), std::string::npos) << c.output();
 }
 
 TEST_F(TeacherNodeMP, AProducerBackWithAnotherShapeIsFollowedOrStopsTheTeacher) {

@@ -106,7 +106,8 @@ class Teacher {
   virtual ~Teacher() = default;
   // The teacher's own params (those declared at registration), checked for type and with their
   // defaults filled in. Throw ValidationError naming the param for a bad value
-  // (param_error("scales", "...")).
+  // (param_error("scales", "...")). Also called on a throwaway instance when a graph config is
+  // validated (`launch --check`): no device work here.
   virtual void configure(const nlohmann::json& params) { (void)params; }
   // Whether this input can be taken: "" if it can, else what the teacher needs, said so that it
   // reads after "needs" ("f32 [C, H, W] with C = 1 or 3").
