@@ -205,7 +205,11 @@ StepReport Trainer::step(const Tensor& input, const Tensor& fused) {
                         static_cast<std::int64_t>(L.segment_elements(static_cast<std::size_t>(i))))
                    .view(shape);
     const Tensor& p = preds[static_cast<std::size_t>(i)];
-    Tensor cos = 1 - F::cosine_similarity(p, t, F::CosineSimilarityFuncOptions().dim(1));
+    // Cosine over one channel is only the sign: single-channel segments take smooth-L1 alone.
+    const bool use_cos = seg[0] >= 2;
+    Tensor cos = use_cos ? 1 - F::cosine_similarity(p, t, F::CosineSimilarityFuncOptions().dim(1))
+                         : torch::zeros(seg.size() == 3 ? std::vector<std::int64_t>{B, seg[1], seg[2]} : std::vector<std::int64_t>{B},
+                                        x.options());
     Tensor l1 = F::smooth_l1_loss(p, t, F::SmoothL1LossFuncOptions().reduction(torch::kNone));
     if (seg.size() == 3) {
       cos = cos.mean({1, 2});

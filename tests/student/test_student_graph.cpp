@@ -142,5 +142,49 @@ TEST_F(StudentMP, TrainsPublishesCheckpointsAndResumesAfterSigkill) {
   EXPECT_GE(rows, 10);
 }
 
+// The small distillation graph of CI: the scene, two analytic teachers, the compositor and the
+// student, on the host backend. The student's loss falls within a bounded number of steps.
+TEST_F(StudentMP, LossFallsOnTheSceneWithinABoundedNumberOfSteps) {
+  json g{{"domain", domain_},
+         {"nodes",
+          {{{"name", "scene"},
+            {"type", "scene"},
+            {"params", {{"memory", "host"}, {"width", 64}, {"height", 48}, {"rate_hz", 30}, {"seed", 3}}}},
+           {{"name", "edges"}, {"type", "edges"}, {"params", {{"from", "scene/rgb"}, {"scales", {1, 2}}, {"stride", 2}}}},
+           {{"name", "depth"}, {"type", "scene-depth"}, {"params", {{"from", "scene/depth"}, {"factor", 2}}}},
+           {{"name", "fuse"},
+            {"type", "compositor"},
+            {"params",
+             {{"memory", "host"},
+              {"teachers", {{{"from", "edges/out"}}, {{"from", "depth/out"}}}},
+              {"grid", {24, 32}},
+              {"wait_ms", 30.0}}}},
+           {{"name", "student"},
+            {"type", "student"},
+            {"params",
+             {{"input", "scene/rgb"},
+              {"target", "fuse/fused"},
+              {"width", 16},
+              {"lr", 0.002},
+              {"steps", 240},
+              {"report", dir_ + "/report.csv"},
+              {"report_every", 10},
+              {"progress_s", 1.0}}}}}}};
+  std::ofstream(dir_ + "/graph.json") << g.dump(2);
+  test::Launcher launch(DP_CLI, {dir_ + "/graph.json", "-q"});
+  ASSERT_TRUE(launch.wait_log("[student] {", 120s)) << "the student did not finish its 240 steps; log:\n" << launch.log();
+  launch.signal(SIGINT);
+  ASSERT_TRUE(launch.wait(30s));
+  std::ifstream csv(dir_ + "/report.csv");
+  std::string header, line;
+  std::getline(csv, header);
+  std::vector<double> loss;
+  while (std::getline(csv, line)) loss.push_back(std::stod(line.substr(line.find(',', line.find(',') + 1) + 1)));
+  ASSERT_GE(loss.size(), 20u) << "rows of the CSV";
+  const double first = (loss[0] + loss[1] + loss[2]) / 3;
+  const double last = (loss[loss.size() - 1] + loss[loss.size() - 2] + loss[loss.size() - 3]) / 3;
+  EXPECT_LT(last, 0.8 * first) << "loss over the first 30 steps " << first << ", over the last 30 " << last;
+}
+
 }  // namespace
 }  // namespace dp

@@ -13,7 +13,9 @@
 // Loss of teacher i on a sample whose mask says it is present:
 //   cos_weight * (1 - cosine similarity over channels, averaged over positions)
 //   + l1_weight * smooth-L1(prediction, target), times the teacher's weight.
-// Teachers masked out contribute nothing (and their error estimate is left alone).
+// A single-channel segment (a depth map, a probability) takes smooth-L1 alone: cosine over one
+// channel is only its sign. Teachers masked out contribute nothing (and their error estimate is
+// left alone).
 //
 // Growth: per teacher, an EMA of its loss; when it has not improved by 1 % for `plateau_steps`
 // steps and stays above `grow_threshold`, the head grows one adapter, at most `max_growth` per
