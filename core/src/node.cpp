@@ -97,6 +97,7 @@ Subscriber Node::subscribe(const std::string& address, SubscribeOptions opts) {
   if (a.stream.empty()) throw ValidationError("subscribe needs NODE/STREAM, got '" + address + "'");
   if (opts.domain.empty()) opts.domain = opts_.domain;
   if (opts.client_name == "anonymous") opts.client_name = opts_.name;
+  if (!opts.cancelled) opts.cancelled = opts_.cancelled;
   Subscriber s(a.node, a.stream, opts);
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -116,6 +116,7 @@ int run_node(const std::string& type, const std::string& name, const std::string
   opts.name = name;
   opts.type = type;
   opts.domain = domain;
+  opts.cancelled = &NodeContext::stop_requested;  // a consumer waiting for its producer stops too
   Node node(std::move(opts));
   node.set_info("params", checked);
   NodeContext ctx(node, checked);

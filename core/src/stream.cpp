@@ -264,7 +264,20 @@ Subscriber::Subscriber(const std::string& node, const std::string& stream, Subsc
   if (opts_.domain.empty()) opts_.domain = default_domain();
   validate_name("node name", node_);
   validate_name("stream name", stream_);
-  connect();
+  const std::int64_t give_up = platform::monotonic_ns() +
+                               std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.wait_for_producer).count();
+  for (;;) {
+    bool settled = false;
+    try {
+      connect(&settled);
+      return;
+    } catch (const Error&) {
+      // Not there yet (not started, a dead instance's litter, still setting up, not answering):
+      // retry like a reconnect does, until the bound.
+      if (settled || platform::monotonic_ns() >= give_up || (opts_.cancelled && opts_.cancelled())) throw;
+    }
+    std::this_thread::sleep_for(opts_.reconnect_interval);
+  }
 }
 
 Subscriber::~Subscriber() = default;
@@ -273,7 +286,7 @@ Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 
 const StreamSpec& Subscriber::spec() const { return conn_ ? conn_->spec : last_spec_; }
 
-void Subscriber::connect() {
+void Subscriber::connect(bool* settled) {
   auto c = std::make_unique<Connection>();
   c->manifest = ManifestReader::open(opts_.domain, node_);
   if (c->manifest.liveness() == Liveness::dead) {
@@ -288,6 +301,8 @@ void Subscriber::connect() {
     names += (names.empty() ? "" : ", ") + s["name"].get<std::string>();
   }
   if (!entry) {
+    // Nodes advertise their streams while they set up: one that is running has them all.
+    if (settled) *settled = c->manifest.state() == protocol::NodeState::running;
     throw Error("node '" + node_ + "' publishes no stream '" + stream_ + "' (it publishes: " +
                 (names.empty() ? "nothing" : names) + ")");
   }
@@ -297,6 +312,8 @@ void Subscriber::connect() {
   c->page = platform::Segment::create_anonymous("dp-release-" + stream_, protocol::kFencePageBytes, false);
   for (std::uint32_t k = 0; k < protocol::kMaxSlots; ++k) new (&c->record(k)) ReleaseRecord{};
   auto reply = c->client.request({{"op", "subscribe"}, {"stream", stream_}}, {c->page.fd().get()}, opts_.connect_timeout);
+  // The producer answered: from here on, a problem is what it sent, and waiting cannot help.
+  if (settled) *settled = true;
   // Trust nothing the producer says until it agrees with its own manifest.
   StreamSpec replied = spec_from_json(reply.body);
   if (spec_to_json(replied) != spec_to_json(c->spec)) throw ValidationError("producer's reply disagrees with its manifest");

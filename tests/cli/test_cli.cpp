@@ -18,6 +18,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -488,6 +489,52 @@ TEST_F(CliMP, LaunchEndsWhenEveryNodeFinished) {
     EXPECT_EQ(j.value("verified", 0), 50) << r.out;
     EXPECT_TRUE(has(r.out, "[launch] " + std::string(name) + " exited with 0: finished")) << r.out;
   }
+  expect_clean();
+}
+
+// A consumer started before its producer waits for it (docs/CONFIG.md: "consumers also retry on
+// their own until their producer is there"). Found by dp_chaos: a sink restarted while its source
+// was down exited with 1 at once, and each such exit doubled its restart delay.
+TEST_F(CliMP, SinkStartedBeforeItsSourceWaitsForIt) {
+  auto sink = platform::Child::spawn({DP_CLI, "node", "checksum-sink", "--name", "sink", "-d", domain_, "-p",
+                                      "from=src/frames", "-p", "frames=20"},
+                                     {true, true});
+  std::this_thread::sleep_for(1s);
+  ASSERT_FALSE(sink.wait_for(0ms)) << "the sink gave up before its source existed:\n" << sink.output();
+  auto src = platform::Child::spawn({DP_CLI, "node", "pattern-source", "--name", "src", "-d", domain_, "-p",
+                                     "memory=host", "-p", "bytes=4096", "-p", "rate_hz=200"},
+                                    {true, true});
+  auto rc = sink.wait_for(15s);
+  ASSERT_TRUE(rc) << "the sink never finished:\n" << sink.output();
+  EXPECT_EQ(*rc, 0) << sink.output();
+  json j;  // the sink's final line: the last JSON object it printed
+  std::istringstream lines(sink.output());
+  for (std::string l; std::getline(lines, l);) {
+    if (!l.empty() && l[0] == '{') j = json::parse(l, nullptr, false);
+  }
+  EXPECT_EQ(j.value("verified", 0), 20) << sink.output();
+  EXPECT_EQ(j.value("bad", -1), 0) << sink.output();
+  src.signal(SIGTERM);
+  auto src_rc = src.wait_for(10s);
+  ASSERT_TRUE(src_rc) << src.output();
+  EXPECT_EQ(*src_rc, 0) << src.output();
+  expect_clean();
+}
+
+// The wait is bounded by a stop: SIGTERM ends a sink that waits for a producer that never comes.
+TEST_F(CliMP, SinkWaitingForItsSourceStopsOnSigterm) {
+  auto sink = platform::Child::spawn({DP_CLI, "node", "checksum-sink", "--name", "sink", "-d", domain_, "-p",
+                                      "from=src/frames"},
+                                     {true, true});
+  std::this_thread::sleep_for(500ms);
+  ASSERT_FALSE(sink.wait_for(0ms)) << "the sink gave up before its source existed:\n" << sink.output();
+  const auto t0 = std::chrono::steady_clock::now();
+  sink.signal(SIGTERM);
+  auto rc = sink.wait_for(5s);
+  ASSERT_TRUE(rc) << "SIGTERM did not end the wait for the producer:\n" << sink.output();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 3s);
+  EXPECT_NE(*rc, -SIGKILL) << sink.output();
+  EXPECT_TRUE(has(sink.output(), "no node 'src'")) << "the message names what it waited for:\n" << sink.output();
   expect_clean();
 }
 

@@ -13,8 +13,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <thread>
 
 #include "directport/core/broker.hpp"
@@ -299,8 +301,10 @@ TEST_F(StreamHost, ReadyPageCannotBeShrunk) {
 }
 
 TEST_F(StreamHost, SubscribingToAMissingNodeOrStreamNamesIt) {
+  auto no_wait = sub_opts();
+  no_wait.wait_for_producer = 0ms;
   try {
-    Subscriber sub("ghost", "rgb", sub_opts());
+    Subscriber sub("ghost", "rgb", no_wait);
     FAIL();
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("'ghost'"), std::string::npos) << e.what();
@@ -309,16 +313,90 @@ TEST_F(StreamHost, SubscribingToAMissingNodeOrStreamNamesIt) {
   node.advertise(test::host_spec("rgb", kBytes));
   node.advertise(test::host_spec("depth", 64));
   try {
-    Subscriber sub("cam", "ir", sub_opts());
+    Subscriber sub("cam", "ir", no_wait);
     FAIL();
   } catch (const Error& e) {
     std::string m = e.what();
     EXPECT_NE(m.find("'ir'"), std::string::npos) << m;
     EXPECT_NE(m.find("rgb, depth"), std::string::npos) << "lists what is published: " << m;
   }
+  // A producer that is running has advertised all it publishes: no use waiting for 'ir'.
+  node.set_running();
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_THROW(Subscriber("cam", "ir", sub_opts()), Error);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s) << "waited for a stream a running producer lacks";
   EXPECT_THROW(Subscriber("cam", "r/gb", sub_opts()), ValidationError);
   EXPECT_THROW(Subscriber("../cam", "rgb", sub_opts()), ValidationError);
   EXPECT_THROW(node.subscribe("cam"), ValidationError) << "NODE/STREAM needed";
+}
+
+// Producers and consumers may start in any order (found by dp_chaos: a sink restarted while its
+// source was down exited at once, "no node" or "its manifest is litter", and the launcher's
+// back-off grew with every such exit). The producer here appears 300 ms late, and advertises its
+// stream 200 ms after its manifest.
+TEST_F(StreamHost, SubscriberWaitsForAProducerThatStartsLater) {
+  std::atomic<bool> stop{false};
+  std::atomic<int> published{0};
+  std::thread producer([&] {
+    std::this_thread::sleep_for(300ms);
+    Node node(node_opts("cam"));
+    std::this_thread::sleep_for(200ms);  // a manifest without the stream yet, state "starting"
+    auto& pub = node.advertise(test::host_spec("rgb", kBytes));
+    node.set_running();
+    test::PublishStats ps;
+    while (!stop) {
+      if (test::publish_one(pub, seed_, 1, ps)) ++published;
+      std::this_thread::sleep_for(2ms);
+    }
+  });
+  auto opts = sub_opts();
+  opts.wait_for_producer = 10s;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::optional<Subscriber> sub;
+  EXPECT_NO_THROW(sub.emplace("cam", "rgb", opts));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  if (sub) {
+    EXPECT_GE(waited, 250ms) << "connected before the producer existed?";
+    test::FrameVerifier v(seed_, 1, kBytes);
+    auto f = sub->next(5s);
+    ASSERT_TRUE(f) << "no frame after the wait";
+    EXPECT_TRUE(v.check(*f)) << v.to_json();
+    sub->release(*f);
+    EXPECT_EQ(sub->counters().reconnects, 0u);
+  }
+  stop = true;
+  producer.join();
+  EXPECT_GT(published.load(), 0);
+}
+
+TEST_F(StreamHost, SubscriberWaitGivesUpAfterItsBoundNamingTheCause) {
+  auto opts = sub_opts();
+  opts.wait_for_producer = 300ms;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    Subscriber sub("ghost", "rgb", opts);
+    FAIL() << "subscribed to a node that never existed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no node 'ghost'"), std::string::npos) << e.what();
+  }
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(took, 300ms);
+  EXPECT_LT(took, 5s);
+}
+
+TEST_F(StreamHost, SubscriberWaitEndsWhenCancelled) {
+  auto opts = sub_opts();
+  opts.wait_for_producer = 60s;
+  const auto t0 = std::chrono::steady_clock::now();
+  opts.cancelled = [&] { return std::chrono::steady_clock::now() - t0 > 200ms; };
+  EXPECT_THROW(Subscriber("ghost", "rgb", opts), Error);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "the wait ignored its cancellation";
+  // Node::subscribe hands the node's own cancellation to its subscriptions.
+  auto no = node_opts("sink");
+  no.cancelled = [&] { return std::chrono::steady_clock::now() - t0 > 400ms; };
+  Node node(no);
+  EXPECT_THROW(node.subscribe("ghost/rgb"), Error);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "Node::subscribe did not pass the cancellation on";
 }
 
 TEST_F(StreamHost, AdvertiseChecksTheSpecAndDuplicates) {
@@ -691,6 +769,42 @@ TEST_F(StreamHostMP, ProducerKilledThenRestartedConsumerReconnects) {
   auto st = p2.wait(10s);
   ASSERT_TRUE(st);
   EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << test::describe_status(*st);
+}
+
+// A consumer that starts while its producer is dead (its manifest is litter) waits for the next
+// instance instead of failing (found by dp_chaos).
+TEST_F(StreamHostMP, SubscriberWaitsForTheNextInstanceOfADeadProducer) {
+  auto p1 = producer("src", "frames", {"tag=1", "period_us=2000"});
+  ASSERT_TRUE(p1.expect("ready", 10s)) << p1.transcript();
+  p1.kill(SIGKILL);
+  ASSERT_TRUE(p1.wait(10s));
+  ASSERT_FALSE(test::shm_entries(domain_).empty()) << "the killed producer's manifest is the litter under test";
+  // The subscriber waits on a thread of its own; the new instance is started from this one
+  // (PR_SET_PDEATHSIG would kill a helper started by a thread that ends).
+  auto opts = sub_opts("late");
+  opts.wait_for_producer = 10s;
+  std::optional<Subscriber> sub;
+  std::string error;
+  std::thread waiter([&] {
+    try {
+      sub.emplace("src", "frames", opts);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  std::this_thread::sleep_for(300ms);
+  auto p2 = producer("src", "frames", {"tag=2", "period_us=2000"});
+  if (p2.expect("ready", 10s)) p2.io().write_line("go");
+  waiter.join();
+  ASSERT_TRUE(sub) << "gave up on the restarting producer: " << error << "\n" << p2.transcript();
+  test::FrameVerifier v(seed_, 2, kBytes);
+  auto f = sub->next(5s);
+  ASSERT_TRUE(f) << "no frame from the new instance";
+  EXPECT_TRUE(v.check(*f)) << v.to_json();
+  sub->release(*f);
+  p2.io().write_line("stop");
+  ASSERT_TRUE(p2.expect("stats", 10s)) << p2.transcript();
+  ASSERT_TRUE(p2.wait(10s));
 }
 
 // A consumer cannot write the stream memory: the mapping is read-only, mprotect() cannot make it

@@ -5,6 +5,7 @@
 // the manifest: state "stopping", broker closed (subscribers see EOF), segment unlinked.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -25,6 +26,9 @@ struct NodeOptions {
   std::vector<std::uint32_t> allow_uids;
   ManifestOptions manifest;
   nlohmann::json info = nlohmann::json::object();  // free-form, shown by `inspect`
+  // Given to subscriptions made through subscribe() whose options have none: their wait for a
+  // producer ends once it returns true (the runtime passes "SIGTERM or SIGINT arrived").
+  std::function<bool()> cancelled;
 };
 
 class Node {

@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -82,7 +83,15 @@ class Publisher {
 struct SubscribeOptions {
   std::string client_name = "anonymous";
   std::string domain;  // empty: default_domain()
+  // Bound of each request to the producer's broker while subscribing.
   std::chrono::milliseconds connect_timeout{2000};
+  // How long the constructor waits for the producer to be there: started, its stream advertised,
+  // alive (a dead instance's manifest is litter: its next instance is waited for). Producers
+  // and consumers may start in any order. 0: throw at once. A producer that is running and does
+  // not publish the stream, or that answers with something its manifest contradicts, is an
+  // error at once. The wait ends early, with the last error, once `cancelled` returns true.
+  std::chrono::milliseconds wait_for_producer{10000};
+  std::function<bool()> cancelled;
   // How long after the producer's death the subscriber tries to find a new instance, and how
   // often (a rediscovery costs one shm_open).
   std::chrono::milliseconds reconnect_interval{20};
@@ -128,7 +137,9 @@ class Subscriber {
 
  private:
   struct Connection;
-  void connect();
+  // One attempt. On failure, `settled` says whether waiting could not help: the producer is
+  // running without the stream, or it answered and what it sent is wrong.
+  void connect(bool* settled = nullptr);
   bool check_producer();  // false if gone (and handles it)
   std::optional<Frame> claim(std::uint64_t seq, GpuStream stream);
   void producer_died() noexcept;
