@@ -14,6 +14,7 @@
 #include "commands.hpp"
 #include "directport/core/discovery.hpp"
 #include "directport/core/error.hpp"
+#include "directport/core/json_input.hpp"
 #include "directport/core/names.hpp"
 #include "directport/core/runtime.hpp"
 #include "directport/platform/child.hpp"
@@ -54,17 +55,15 @@ void add_node(CLI::App& app, int& exit_code) {
     validate_name("domain", domain);
     nlohmann::json params = nlohmann::json::object();
     if (!o->params_json.empty()) {
-      try {
-        params = nlohmann::json::parse(o->params_json);
-      } catch (const nlohmann::json::parse_error& e) {
-        throw ValidationError(std::string("--params-json does not parse: ") + e.what());
-      }
+      std::string syntax;
+      params = parse_json_input(o->params_json, "--params-json", &syntax);
+      if (params.is_discarded()) throw ValidationError("--params-json does not parse: " + syntax);
       if (!params.is_object()) throw ValidationError("--params-json must be a JSON object, got " + params.dump());
     }
     for (auto& kv : o->params) {
       auto eq = kv.find('=');
       if (eq == std::string::npos || eq == 0) throw ValidationError("--param '" + kv + "' is not KEY=VALUE");
-      auto v = nlohmann::json::parse(kv.substr(eq + 1), nullptr, false);
+      auto v = parse_json_input(kv.substr(eq + 1), "--param " + kv.substr(0, eq));
       params[kv.substr(0, eq)] = v.is_discarded() ? nlohmann::json(kv.substr(eq + 1)) : v;
     }
     exit_code = run_node(o->type, o->name, domain, params);

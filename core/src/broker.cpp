@@ -8,6 +8,7 @@
 #include <random>
 
 #include "directport/core/error.hpp"
+#include "directport/core/json_input.hpp"
 #include "directport/core/names.hpp"
 #include "directport/core/protocol.hpp"
 
@@ -21,7 +22,7 @@ struct Connection {
 
 nlohmann::json parse_message(const std::string& bytes) {
   if (bytes.size() > platform::kMaxMessageBytes) throw ValidationError("message over the 64 KiB bound");
-  auto j = nlohmann::json::parse(bytes, nullptr, /*allow_exceptions=*/false);
+  auto j = parse_json_input(bytes, "message");
   if (j.is_discarded()) throw ValidationError("message is not valid JSON");
   if (!j.is_object()) throw ValidationError("message must be a JSON object");
   auto it = j.find("op");

@@ -11,11 +11,11 @@
 #include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 #include <thread>
 
 #include "directport/core/discovery.hpp"
 #include "directport/core/error.hpp"
+#include "directport/core/json_input.hpp"
 #include "directport/core/names.hpp"
 #include "directport/core/runtime.hpp"
 #include "directport/platform/child.hpp"
@@ -171,23 +171,33 @@ GraphConfig parse_graph_config(const nlohmann::json& j) {
   return g;
 }
 
-GraphConfig load_graph_config(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw ValidationError("cannot read config '" + path + "': " + std::strerror(errno));
-  std::stringstream ss;
-  ss << f.rdbuf();
-  if (ss.str().size() > (4u << 20)) throw ValidationError(path + ": config larger than 4 MiB");
+GraphConfig parse_graph_config_text(const std::string& text, const std::string& origin) {
+  if (text.size() > kMaxConfigBytes) throw ValidationError(origin + ": config larger than 4 MiB");
+  std::string syntax;
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw ValidationError(path + ": not valid JSON: " + e.what());
+    j = parse_json_input(text, "config", &syntax);
+  } catch (const ValidationError& e) {
+    throw ValidationError(origin + ": " + e.what());
   }
+  if (j.is_discarded()) throw ValidationError(origin + ": not valid JSON: " + syntax);
   try {
     return parse_graph_config(j);
   } catch (const ValidationError& e) {
-    throw ValidationError(path + ": " + e.what());
+    throw ValidationError(origin + ": " + e.what());
   }
+}
+
+GraphConfig load_graph_config(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw ValidationError("cannot read config '" + path + "': " + std::strerror(errno));
+  std::string text;
+  char buf[65536];
+  while (f.read(buf, sizeof buf) || f.gcount() > 0) {
+    text.append(buf, static_cast<std::size_t>(f.gcount()));
+    if (text.size() > kMaxConfigBytes) throw ValidationError(path + ": config larger than 4 MiB");
+  }
+  return parse_graph_config_text(text, path);
 }
 
 // ---------------------------------------------------------------- launcher

@@ -5,6 +5,7 @@
 #include <thread>
 
 #include "directport/core/error.hpp"
+#include "directport/core/json_input.hpp"
 #include "directport/core/names.hpp"
 #include "directport/core/types.hpp"
 
@@ -102,7 +103,7 @@ void validate_manifest_json(const nlohmann::json& doc, std::uint32_t control_cap
 
 nlohmann::json parse_manifest_json(const char* bytes, std::size_t size, std::uint32_t control_capacity) {
   if (size > protocol::kMaxJsonBytes) throw ValidationError("manifest JSON larger than 1 MiB");
-  nlohmann::json doc = nlohmann::json::parse(bytes, bytes + size, nullptr, /*allow_exceptions=*/false);
+  nlohmann::json doc = parse_json_input(std::string_view(bytes, size), "manifest JSON");
   if (doc.is_discarded()) throw ValidationError("manifest JSON does not parse");
   validate_manifest_json(doc, control_capacity);
   return doc;

@@ -355,6 +355,23 @@ TEST_F(CliMP, LaunchOfBadInputExitsWithTheDocumentedStatus) {
   expect_clean();
 }
 
+// Found while writing the config fuzzer: a value nested 200 000 levels deep (a 400 KB file) made
+// `launch` overflow its stack while quoting the value in the error message (SIGSEGV).
+TEST_F(CliMP, LaunchOfADeeplyNestedConfigIsABadConfig) {
+  std::ofstream(dir_ + "/deep.json") << R"({"nodes":[{"name":"a","type":"pattern-source","restart":)"
+                                     << std::string(200000, '[') << std::string(200000, ']') << "}]}";
+  files_.push_back(dir_ + "/deep.json");
+  auto r = cli({"launch", dir_ + "/deep.json", "--check"});
+  EXPECT_EQ(r.rc, 2) << (r.rc == -SIGSEGV ? "SIGSEGV: " : "") << r.out.substr(0, 2000);
+  EXPECT_TRUE(has(r.out, "config nests deeper than 64 levels")) << r.out.substr(0, 2000);
+  // The same through `node --params-json`.
+  r = cli({"node", "pattern-source", "--name", "src", "-d", domain_, "--params-json",
+           "{\"stream\":" + std::string(60000, '[') + std::string(60000, ']') + "}"});
+  EXPECT_EQ(r.rc, 2) << r.out.substr(0, 2000);
+  EXPECT_TRUE(has(r.out, "--params-json nests deeper than 64 levels")) << r.out.substr(0, 2000);
+  expect_clean();
+}
+
 // ------------------------------------------------------------------ launch: running graphs
 
 TEST_F(CliMP, LaunchRunsAHostGraphForADuration) {

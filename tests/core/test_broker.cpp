@@ -81,6 +81,10 @@ TEST(BrokerMessage, ParseMessage) {
   expect_bad(R"({"op":null})", "'op'");
   expect_bad(R"({"op":"x","pad":")" + std::string(platform::kMaxMessageBytes, 'p') + "\"}",
              "64 KiB");
+  // Within 64 KiB, but nested 30 000 deep: the broker would recurse through it to answer (the
+  // "abi" of a hello is quoted in the error reply).
+  expect_bad(R"({"op":"hello","abi":)" + std::string(30000, '[') + std::string(30000, ']') + "}",
+             "message nests deeper than 64 levels");
 }
 
 TEST(BrokerMessage, SocketNamesAreUniquePerInstance) {

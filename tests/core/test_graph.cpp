@@ -474,6 +474,38 @@ TEST(GraphConfig, LoadInvalidJson) {
   }
 }
 
+// A config whose value is nested 200 000 levels deep: writing "got <value>" into the error
+// message recursed through it and `directport launch --check` died with SIGSEGV.
+TEST(GraphConfig, DeeplyNestedConfigIsRefusedNotCrashedOn) {
+  ensure_types();
+  const std::string deep = std::string(200000, '[') + std::string(200000, ']');
+  for (auto& text : {R"({"nodes":[{"name":"a","type":"t-source","restart":)" + deep + "}]}",
+                     R"({"nodes":[{"name":"a","type":"t-source","params":{"stream":)" + deep + "}}]}",
+                     R"({"domain":)" + deep + R"(,"nodes":[]})"}) {
+    try {
+      parse_graph_config_text(text, "deep.json");
+      ADD_FAILURE() << "accepted";
+    } catch (const ValidationError& e) {
+      EXPECT_EQ(std::string(e.what()), "deep.json: config nests deeper than 64 levels");
+    }
+  }
+  TempFile f(R"({"nodes":[{"name":"a","type":"t-source","required":)" + deep + "}]}");
+  EXPECT_THROW(load_graph_config(f.path()), ValidationError);
+}
+
+TEST(GraphConfig, ConfigsLargerThan4MiBAreRefused) {
+  ensure_types();
+  auto big = json{{"description", std::string(kMaxConfigBytes, 'x')}, {"nodes", {source("src")}}}.dump();
+  TempFile f(big);
+  try {
+    load_graph_config(f.path());
+    ADD_FAILURE() << "a config of " << big.size() << " bytes loaded";
+  } catch (const ValidationError& e) {
+    EXPECT_TRUE(has(e.what(), "config larger than 4 MiB")) << e.what();
+  }
+  EXPECT_THROW(parse_graph_config_text(big, "big.json"), ValidationError);
+}
+
 TEST(GraphConfig, LoadReportsProblemsWithTheFileName) {
   ensure_types();
   TempFile f(graph({source("src", {{"rat", 1}})}).dump());

@@ -527,18 +527,24 @@ TEST(ManifestJson, Oversized) {
 
 TEST(ManifestJson, DeepNestingNeitherCrashesNorPasses) {
   // 400 000 levels of nesting: a recursive parser, validator or destructor would overflow the
-  // stack. As the whole document it is not an object; inside "info" it is allowed data.
+  // stack, and so would any tool that prints or copies the document (inspect, ls --json). The
+  // whole document, or only its "info", is refused with the bound.
   const std::size_t depth = 400000;
   std::string arrays = std::string(depth, '[') + std::string(depth, ']');
-  expect_bad_json(arrays, "must be an object");
+  expect_bad_json(arrays, "manifest JSON nests deeper than 64 levels");
   auto d = node_doc("n");
   d["info"] = nullptr;
   std::string t = dumped(d);
   auto at = t.find("\"info\":null");
   ASSERT_NE(at, std::string::npos);
-  t.replace(at, 11, "\"info\":" + std::string(depth, '[') + std::string(depth, ']'));
-  ASSERT_LT(t.size(), protocol::kMaxJsonBytes);
-  EXPECT_NO_THROW(parse_manifest_json(t.data(), t.size(), 4));
+  std::string deep = t;
+  deep.replace(at, 11, "\"info\":" + arrays);
+  ASSERT_LT(deep.size(), protocol::kMaxJsonBytes);
+  expect_bad_json(deep, "manifest JSON nests deeper than 64 levels");
+  // Ordinary structured info (well below the bound) is still data.
+  std::string fine = t;
+  fine.replace(at, 11, "\"info\":" + std::string(20, '[') + std::string(20, ']'));
+  EXPECT_NO_THROW(parse_manifest_json(fine.data(), fine.size(), 4));
 }
 
 // ------------------------------------------------------------------ hand-made segments

@@ -34,7 +34,11 @@ struct GraphConfig {
 // each naming its JSON path: unknown keys, unknown node types, unknown or mistyped params,
 // duplicate names, bad names, subscriptions to streams no node of the graph publishes.
 GraphConfig parse_graph_config(const nlohmann::json& j);
-GraphConfig load_graph_config(const std::string& path);  // reads the file, then parse
+// The text of a config: at most kMaxConfigBytes, JSON nested at most kMaxJsonDepth levels
+// (json_input.hpp), then parse_graph_config. Every message starts with `origin` (the path).
+inline constexpr std::size_t kMaxConfigBytes = 4u << 20;
+GraphConfig parse_graph_config_text(const std::string& text, const std::string& origin);
+GraphConfig load_graph_config(const std::string& path);  // reads the file (bounded), then parse
 
 struct LaunchOptions {
   std::string self_exe;                             // the `directport` binary that runs `node`
