@@ -20,7 +20,7 @@ nlohmann::json parse_json_input(std::string_view text, const std::string& what, 
   json doc;
   try {
     doc = json::parse(text.begin(), text.end(), bound, /*allow_exceptions=*/true);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
     if (too_deep) throw ValidationError(what + " nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
     if (syntax_error) *syntax_error = e.what();
     return json(json::value_t::discarded);

@@ -52,6 +52,15 @@ TEST(JsonInput, SyntaxErrorsAreADiscardedValueWithTheParsersMessage) {
     EXPECT_NE(why.find("parse error"), std::string::npos) << why;
     EXPECT_TRUE(parse_json_input(bad, "x").is_discarded()) << "no message wanted: still discarded";
   }
+  // A number beyond the double range is no JSON we can read, not an exception (found by
+  // fuzz_config: tests/fuzz/regressions/json-number-overflow.json).
+  for (std::string big : {"{\"op\": 111e308111111}", "1e400", "[-1e999]"}) {
+    std::string why;
+    nlohmann::json j;
+    EXPECT_NO_THROW(j = parse_json_input(big, "x", &why)) << big;
+    EXPECT_TRUE(j.is_discarded()) << big;
+    EXPECT_NE(why.find("number overflow"), std::string::npos) << why;
+  }
 }
 
 }  // namespace

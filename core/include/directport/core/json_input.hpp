@@ -17,8 +17,9 @@ namespace dp {
 // Containers nested deeper than this are refused (the outermost object is level 1).
 inline constexpr int kMaxJsonDepth = 64;
 
-// Parses `text`. Not JSON: returns a discarded value (is_discarded()) and, if `syntax_error` is
-// given, the parser's message there. Nested deeper than kMaxJsonDepth: throws ValidationError
+// Parses `text`. Not JSON (a number out of the double range included): returns a discarded
+// value (is_discarded()) and, if `syntax_error` is given, the parser's message there; never
+// throws nlohmann's exceptions. Nested deeper than kMaxJsonDepth: throws ValidationError
 // "<what> nests deeper than 64 levels".
 nlohmann::json parse_json_input(std::string_view text, const std::string& what,
                                 std::string* syntax_error = nullptr);
