@@ -179,10 +179,15 @@ void Broker::run() noexcept {
     }
   };
   auto last_tick = std::chrono::steady_clock::now();
+  // After a failed accept (out of descriptors), the pending connection stays and the listener
+  // stays readable: leave it alone for a tick rather than spin on it.
+  auto listen_again = last_tick;
+  bool accept_failing = false;  // log the first failure of a streak only
   while (!stop_) {
     std::vector<pollfd> pfds;
     pfds.push_back({wake_.get(), POLLIN, 0});
-    pfds.push_back({listener_.fd(), POLLIN, 0});
+    const bool listening = std::chrono::steady_clock::now() >= listen_again;
+    pfds.push_back({listening ? listener_.fd() : -1, POLLIN, 0});
     for (auto& c : conns) pfds.push_back({c->sock.fd(), POLLIN, 0});
     int rc = ::poll(pfds.data(), pfds.size(), static_cast<int>(opts_.tick.count()));
     if (rc < 0 && errno != EINTR) {
@@ -218,11 +223,30 @@ void Broker::run() noexcept {
             }
             continue;
           }
+          if (conns.size() >= opts_.max_connections) {
+            if (refused_++ % 64 == 0) {  // one line per 64 refusals: a flood must not flood stderr
+              std::fprintf(stderr, "directport: broker %s: refused pid %lld: %zu connections open (the bound)\n",
+                           opts_.node_name.c_str(), static_cast<long long>(c->peer.credentials.pid), conns.size());
+            }
+            try {
+              c->sock.send(nlohmann::json{{"op", "error"},
+                                          {"message", "broker of '" + opts_.node_name + "' has " +
+                                                          std::to_string(conns.size()) +
+                                                          " connections open, its bound: try again later"}}
+                               .dump(),
+                           {}, /*nonblocking=*/true);
+            } catch (const Error&) {
+            }
+            continue;
+          }
           conns.push_back(std::move(c));
           connections_ = conns.size();
         }
+        accept_failing = false;
       } catch (const Error& e) {
-        log_cleanup_failure(std::string("broker accept: ") + e.what());
+        if (!accept_failing) log_cleanup_failure(std::string("broker accept: ") + e.what());
+        accept_failing = true;
+        listen_again = std::chrono::steady_clock::now() + opts_.tick;
       }
     }
     // Walk backwards so that erasing keeps the pollfd indices valid.

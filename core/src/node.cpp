@@ -136,7 +136,22 @@ void Node::rewrite_manifest() {
     s["consumers"] = p->consumers();
     doc["streams"].push_back(std::move(s));
   }
-  manifest_.set_json(doc);
+  try {
+    manifest_.set_json(doc);
+  } catch (const ValidationError&) {
+    // Over the JSON capacity. The consumer lists are a snapshot for tools (the "status" op has
+    // them live): drop them rather than fail a subscribe that has succeeded, or leave a stale
+    // manifest behind after a disconnect. What is left is what the node itself chose (streams,
+    // info): if that does not fit, the error stands.
+    bool dropped = false;
+    for (auto& s : doc["streams"]) {
+      dropped = dropped || !s["consumers"].empty();
+      s["consumers"] = nlohmann::json::array();
+    }
+    if (!dropped) throw;
+    doc["consumers_omitted"] = true;
+    manifest_.set_json(doc);
+  }
 }
 
 }  // namespace dp

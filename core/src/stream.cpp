@@ -137,6 +137,13 @@ nlohmann::json Publisher::describe() const {
 
 nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const std::string& client,
                                            platform::UniqueFd release_page, std::vector<int>& fds_out) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (subs_.size() >= kMaxSubscriptionsPerStream) {
+      throw ValidationError("stream '" + spec_.name + "' has " + std::to_string(subs_.size()) +
+                            " subscriptions, its bound (kMaxSubscriptionsPerStream): refusing another");
+    }
+  }
   auto s = std::make_unique<Subscription>();
   s->connection_id = connection_id;
   s->client = client;

@@ -26,6 +26,10 @@ namespace dp {
 
 struct Connection;  // one accepted peer (broker.cpp)
 
+// Connections a broker keeps open at once; a peer beyond it gets an error and is closed, so that
+// a client that leaks connections cannot exhaust the node's descriptors.
+inline constexpr std::size_t kMaxBrokerConnections = 256;
+
 struct BrokerReply {
   nlohmann::json body;
   std::vector<int> fds;  // borrowed; must stay open until the handler returns
@@ -49,6 +53,7 @@ class Broker {
     std::string node_name;
     std::vector<std::uint32_t> allow_uids;  // besides our own uid
     std::chrono::milliseconds tick{100};
+    std::size_t max_connections = kMaxBrokerConnections;
   };
 
   explicit Broker(Options opts);
@@ -66,6 +71,7 @@ class Broker {
   void stop() noexcept;
   const std::string& socket_name() const { return opts_.socket_name; }
   std::size_t connection_count() const { return connections_.load(); }
+  // Peers refused: another uid, or over max_connections.
   std::uint64_t refused_count() const { return refused_.load(); }
 
  private:

@@ -53,6 +53,8 @@ class Node {
   Publisher* find(const std::string& stream);
 
  private:
+  // Writes the manifest JSON. Over its capacity, the streams' consumer lists are left out
+  // ("consumers_omitted": true) before giving up.
   void rewrite_manifest();
 
   NodeOptions opts_;

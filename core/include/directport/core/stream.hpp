@@ -27,6 +27,10 @@
 
 namespace dp {
 
+// Live subscriptions one stream accepts; a subscribe beyond it is refused. Each costs the
+// producer a mapped release page, a descriptor and a check on every acquire().
+inline constexpr std::size_t kMaxSubscriptionsPerStream = 64;
+
 class Publisher {
  public:
   struct Counters {
@@ -56,7 +60,8 @@ class Publisher {
   nlohmann::json describe() const;  // manifest entry of this stream
   ProducerTransport& transport() { return *transport_; }
 
-  // Broker side (called by the node's broker thread).
+  // Broker side (called by the node's broker thread). add_subscription throws ValidationError
+  // when the stream has kMaxSubscriptionsPerStream subscriptions already.
   nlohmann::json add_subscription(std::uint64_t connection_id, const std::string& client,
                                   platform::UniqueFd release_page, std::vector<int>& fds_out);
   void drop_connection(std::uint64_t connection_id) noexcept;
