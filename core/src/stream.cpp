@@ -269,6 +269,7 @@ struct Subscriber::Connection {
 Subscriber::Subscriber(const std::string& node, const std::string& stream, SubscribeOptions opts)
     : node_(node), stream_(stream), opts_(std::move(opts)) {
   if (opts_.domain.empty()) opts_.domain = default_domain();
+  validate_name("domain", opts_.domain);
   validate_name("node name", node_);
   validate_name("stream name", stream_);
   const std::int64_t give_up = platform::monotonic_ns() +

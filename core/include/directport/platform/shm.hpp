@@ -33,8 +33,9 @@ class Segment {
   // Opens an existing named segment and maps all of it. The size is whatever the segment has
   // now (a reader validates it).
   static Segment open_named(const std::string& name, Access access);
-  // Creates an anonymous segment. If `seal_writes` is set, once mapped here nobody (this process
-  // included) can create a new writable mapping of it, nor resize it: peers can only read.
+  // Creates an anonymous segment (mode 0600). If `seal_writes` is set, once mapped here nobody
+  // (this process included) can create a new writable mapping of it, nor resize it: peers can
+  // only read.
   static Segment create_anonymous(const std::string& debug_name, std::size_t size,
                                   bool seal_writes);
   // Maps a segment received as a descriptor; `expected_size` must not exceed the object's size.

@@ -110,6 +110,9 @@ Segment Segment::create_anonymous(const std::string& debug_name, std::size_t siz
   s.fd_ = UniqueFd(raw);
   s.name_ = debug_name;
   s.access_ = Access::read_write;
+  // A memfd has no name to open, but /proc/PID/fd/N reopens it for whoever passes the ptrace
+  // check, with the inode's mode (0777 from memfd_create): owner only, like named segments.
+  DP_POSIX_CHECK(::fchmod(raw, 0600), "setting mode 0600 on " + debug_name);
   DP_POSIX_CHECK(::ftruncate(raw, static_cast<off_t>(size)), "sizing " + debug_name);
   s.addr_ = map(raw, size, Access::read_write, debug_name);
   s.size_ = size;
