@@ -42,6 +42,7 @@ using namespace std::chrono_literals;
 
 constexpr auto kObservePeriod = 50ms;     // manifests, brokers, launcher output
 constexpr auto kArmedPeriod = 2ms;        // /proc scan while a set-up kill waits for its target
+constexpr auto kAimPeriod = 100us;        // once the target is there, until its delay is over
 constexpr double kDeathReportBound = 3;   // s for the launcher to report a death we caused
 
 bool starts_with(const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; }
@@ -81,6 +82,7 @@ struct Kill {
   pid_t pid = -1;
   double after_appeared_ms = -1; // set-up kills: delay after the new process was first seen
   std::optional<double> restart_delay_ms;  // the launcher's announced back-off
+  double reported_t = -1;        // when we read the launcher's report of the death
   bool restart_seen = false;     // "[launch] restarting NODE" followed
   std::optional<double> reconnected_t;
   bool superseded = false;       // killed again before it had recovered
@@ -152,6 +154,7 @@ class Run {
   void check_hangs();
   void maybe_kill();
   void handle_armed();
+  bool restart_imminent(const NodeInfo& n) const;
   void arm_setup_kills();
   void kill_now(NodeInfo& n, pid_t pid, const std::string& mode, const std::string& stage, double after_ms);
   double deadline_of(const Kill& k) const;
@@ -182,6 +185,7 @@ class Run {
   std::ofstream log_;
   std::string config_path_, log_path_;
   Clock::time_point t0_;
+  double next_scan_ = 0;
   double chaos_start_ = -1, chaos_end_ = -1, chaos_over_ = -1, next_kill_ = 0, last_output_t_ = 0, stop_t_ = -1;
   bool stopping_ = false;
   bool stopped_cleanly_ = false;
@@ -344,6 +348,7 @@ void Run::handle_line(const std::string& line) {
 void Run::on_death(NodeInfo& n, const std::string& how, double delay_ms, bool by_sigkill) {
   if (by_sigkill && n.pending >= 0 && !kills_[n.pending].restart_delay_ms) {
     kills_[n.pending].restart_delay_ms = delay_ms;
+    kills_[n.pending].reported_t = now();
     return;
   }
   ++unexpected_exits_;
@@ -649,21 +654,34 @@ void Run::arm_setup_kills() {
     if (down.empty()) return;
     auto* n = down[std::uniform_int_distribution<std::size_t>(0, down.size() - 1)(rng_)];
     n->armed = true;
-    n->armed_delay_ms = std::uniform_real_distribution<double>(0, 40)(rng_);
+    // A node sets itself up in a few milliseconds (exec to "running": ~2-10 ms here).
+    n->armed_delay_ms = std::uniform_real_distribution<double>(0, 4)(rng_);
     n->armed_seen_t = -1;
     n->armed_pid = -1;
     --owed_setup_kills_;
   }
 }
 
+// An armed node whose restart is due within 200 ms, or was due less than 300 ms ago, and whose
+// new instance has not been seen yet.
+bool Run::restart_imminent(const NodeInfo& n) const {
+  if (!n.armed || n.armed_pid >= 0 || n.pending < 0) return false;
+  const auto& k = kills_[n.pending];
+  if (!k.restart_delay_ms) return false;
+  const double due = k.reported_t + *k.restart_delay_ms / 1000;
+  return now() >= due - 0.2 && now() < due + 0.3;  // we read the report up to ~0.1 s late
+}
+
 void Run::handle_armed() {
   bool any = false;
-  for (auto& n : nodes_) any = any || n.armed;
+  for (auto& n : nodes_) any = any || (n.armed && (n.armed_pid >= 0 || restart_imminent(n) || now() >= next_scan_));
   if (!any) return;
   if (now() >= chaos_end_) {
     for (auto& n : nodes_) n.armed = false;
     return;
   }
+  next_scan_ = now() + 0.02;  // outside the imminent window, a scan every 20 ms is enough
+  pump_output();
   auto procs = test::node_processes(o_.domain);
   const double t = now();
   for (auto& n : nodes_) {
@@ -676,20 +694,21 @@ void Run::handle_armed() {
         }
       }
     }
-    if (n.armed_pid < 0 || (t - n.armed_seen_t) * 1000 < n.armed_delay_ms) continue;
-    // What the new instance had got to: no manifest yet, or its manifest's state.
-    std::string stage = "no manifest yet";
+    if (n.armed_pid < 0 || (now() - n.armed_seen_t) * 1000 < n.armed_delay_ms) continue;
+    const double after_ms = (now() - n.armed_seen_t) * 1000;
+    const pid_t pid = n.armed_pid;
+    n.armed = false;
+    kill_now(n, pid, "set-up", "", after_ms);
+    // What the instance had got to (read after the kill: a dead process changes nothing): no
+    // manifest of its own yet (none, or its dead predecessor's), "starting" (set-up,
+    // subscriptions), or "running".
+    std::string stage = "before its manifest";
     try {
       auto r = ManifestReader::open(o_.domain, n.name);
-      if (r.owner().pid == n.armed_pid) {
-        stage = r.state() == protocol::NodeState::running ? "running" : "starting";
-      } else {
-        stage = "old manifest still there";
-      }
+      if (r.owner().pid == pid) stage = r.state() == protocol::NodeState::running ? "running" : "starting";
     } catch (const Error&) {
     }
-    n.armed = false;
-    kill_now(n, n.armed_pid, "set-up", stage, (t - n.armed_seen_t) * 1000);
+    if (n.pending >= 0 && kills_[n.pending].pid == pid) kills_[n.pending].stage = stage;
   }
 }
 
@@ -894,13 +913,20 @@ int Run::go() {
     inject_fault();
     auto last_observe = Clock::now() - kObservePeriod;
     while (now() < chaos_end_ && !launcher_rc_) {
-      if (Clock::now() - last_observe >= kObservePeriod) {
+      // Around the moment a set-up kill's target is due to be restarted, look for it only: an
+      // observation round (manifests, brokers) takes milliseconds, and a node sets itself up
+      // in a few.
+      bool watching = false;
+      for (auto& n : nodes_) watching = watching || restart_imminent(n) || (n.armed && n.armed_pid >= 0);
+      if (!watching && Clock::now() - last_observe >= kObservePeriod) {
         last_observe = Clock::now();
         observe();
       }
       maybe_kill();
       handle_armed();
-      std::this_thread::sleep_for(kArmedPeriod);
+      bool aiming = false;  // a set-up kill's target is there: its delay is a few milliseconds
+      for (auto& n : nodes_) aiming = aiming || (n.armed && n.armed_pid >= 0);
+      std::this_thread::sleep_for(aiming ? kAimPeriod : kArmedPeriod);
     }
     chaos_over_ = now();
     // Settle: every kill recovered (each within its own bound), then a quiet window in which
