@@ -627,7 +627,7 @@ void Run::maybe_kill() {
   // Set-up kills: the next node that goes down is killed again right after its new instance
   // appears, at a random point of its set-up (see arm_setup_kills).
   if (u(rng_) < o_.setup_fraction) {
-    ++owed_setup_kills_;
+    owed_setup_kills_ = std::min(owed_setup_kills_ + 1, 2);  // no burst after a quiet spell
     arm_setup_kills();
     return;
   }
@@ -647,9 +647,13 @@ void Run::maybe_kill() {
 
 void Run::arm_setup_kills() {
   while (owed_setup_kills_ > 0) {
-    std::vector<NodeInfo*> down;  // killed, and the launcher has not restarted it yet
+    // Killed mid-stream, and not restarted yet. (Not one killed during set-up already: chains
+    // of set-up kills, each after a longer back-off, would keep a node down for minutes.)
+    std::vector<NodeInfo*> down;
     for (auto& n : nodes_) {
-      if (n.pending >= 0 && !n.armed && !kills_[n.pending].restart_seen) down.push_back(&n);
+      if (n.pending >= 0 && !n.armed && !kills_[n.pending].restart_seen && kills_[n.pending].mode == "mid-stream") {
+        down.push_back(&n);
+      }
     }
     if (down.empty()) return;
     auto* n = down[std::uniform_int_distribution<std::size_t>(0, down.size() - 1)(rng_)];
