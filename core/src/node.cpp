@@ -92,6 +92,12 @@ Publisher& Node::advertise(StreamSpec spec) {
   return *made;
 }
 
+Subscriber Node::subscribe(const std::string& address) {
+  SubscribeOptions opts;
+  opts.wait_for_producer = kDefaultProducerWait;
+  return subscribe(address, std::move(opts));
+}
+
 Subscriber Node::subscribe(const std::string& address, SubscribeOptions opts) {
   auto a = parse_stream_address(address);
   if (a.stream.empty()) throw ValidationError("subscribe needs NODE/STREAM, got '" + address + "'");

@@ -322,12 +322,18 @@ TEST_F(StreamHost, SubscribingToAMissingNodeOrStreamNamesIt) {
   }
   // A producer that is running has advertised all it publishes: no use waiting for 'ir'.
   node.set_running();
+  auto waiting = sub_opts();
+  waiting.wait_for_producer = 10s;
   const auto t0 = std::chrono::steady_clock::now();
-  EXPECT_THROW(Subscriber("cam", "ir", sub_opts()), Error);
+  EXPECT_THROW(Subscriber("cam", "ir", waiting), Error);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s) << "waited for a stream a running producer lacks";
   EXPECT_THROW(Subscriber("cam", "r/gb", sub_opts()), ValidationError);
   EXPECT_THROW(Subscriber("../cam", "rgb", sub_opts()), ValidationError);
   EXPECT_THROW(node.subscribe("cam"), ValidationError) << "NODE/STREAM needed";
+  // With options, by default, no wait at all: for nodes that retry on their own.
+  const auto t1 = std::chrono::steady_clock::now();
+  EXPECT_THROW(node.subscribe("ghost/rgb", sub_opts()), Error);
+  EXPECT_LT(std::chrono::steady_clock::now() - t1, 2s) << "SubscribeOptions{} must not wait";
 }
 
 // Producers and consumers may start in any order (found by dp_chaos: a sink restarted while its
@@ -391,7 +397,8 @@ TEST_F(StreamHost, SubscriberWaitEndsWhenCancelled) {
   opts.cancelled = [&] { return std::chrono::steady_clock::now() - t0 > 200ms; };
   EXPECT_THROW(Subscriber("ghost", "rgb", opts), Error);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s) << "the wait ignored its cancellation";
-  // Node::subscribe hands the node's own cancellation to its subscriptions.
+  // Node::subscribe without options waits (kDefaultProducerWait), and hands the node's own
+  // cancellation to its subscriptions.
   auto no = node_opts("sink");
   no.cancelled = [&] { return std::chrono::steady_clock::now() - t0 > 400ms; };
   Node node(no);

@@ -41,7 +41,11 @@ class Node {
   // Announces a stream. The returned publisher lives as long as the node.
   Publisher& advertise(StreamSpec spec);
   // Subscribes to "NODE/STREAM" in this node's domain, recording it in the manifest.
-  Subscriber subscribe(const std::string& address, SubscribeOptions opts = {});
+  // With no options, the subscriber waits up to kDefaultProducerWait for its producer (a node may
+  // start before its producer, or while it restarts); with options, as they say (by default it
+  // fails at once: for callers with retry loops of their own).
+  Subscriber subscribe(const std::string& address);
+  Subscriber subscribe(const std::string& address, SubscribeOptions opts);
   // Marks the node running (after set-up) — shown by `ls`.
   void set_running();
   // Adds or replaces a key of the manifest's "info" object.

@@ -31,6 +31,10 @@ namespace dp {
 // producer a mapped release page, a descriptor and a check on every acquire().
 inline constexpr std::size_t kMaxSubscriptionsPerStream = 64;
 
+// The wait for a producer of Node::subscribe(address) without options (SubscribeOptions::
+// wait_for_producer): longer than the launcher's longest restart back-off (8 s).
+inline constexpr std::chrono::milliseconds kDefaultProducerWait{10000};
+
 class Publisher {
  public:
   struct Counters {
@@ -91,11 +95,13 @@ struct SubscribeOptions {
   // Bound of each request to the producer's broker while subscribing.
   std::chrono::milliseconds connect_timeout{2000};
   // How long the constructor waits for the producer to be there: started, its stream advertised,
-  // alive (a dead instance's manifest is litter: its next instance is waited for). Producers
-  // and consumers may start in any order. 0: throw at once. A producer that is running and does
-  // not publish the stream, or that answers with something its manifest contradicts, is an
-  // error at once. The wait ends early, with the last error, once `cancelled` returns true.
-  std::chrono::milliseconds wait_for_producer{10000};
+  // alive (a dead instance's manifest is litter: its next instance is waited for), so that
+  // producers and consumers may start in any order. 0 (the default): throw at once, for callers
+  // that retry on their own. A producer that is running and does not publish the stream, or that
+  // answers with something its manifest contradicts, is an error at once. The wait ends early,
+  // with the last error, once `cancelled` returns true. Node::subscribe(address) without options
+  // waits kDefaultProducerWait.
+  std::chrono::milliseconds wait_for_producer{0};
   std::function<bool()> cancelled;
   // How long after the producer's death the subscriber tries to find a new instance, and how
   // often (a rediscovery costs one shm_open).
