@@ -40,6 +40,7 @@
 #include <cuda_runtime_api.h>
 #include <nlohmann/json.hpp>
 
+#include "directport/core/discovery.hpp"
 #include "directport/core/fence.hpp"
 #include "directport/core/node.hpp"
 #include "directport/cuda/device.hpp"
@@ -346,6 +347,8 @@ json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k,
   if (!ok) prod.signal(SIGKILL);
   json pj = collect(prod);
   platform::Segment::unlink(page_name(domain));
+  // A producer killed after a failure leaves its manifest behind: the bench cleans up after itself.
+  if (!ok) remove_stale(domain, std::chrono::seconds(0));
   json row{{"method", method}, {"bytes", bytes}, {"consumers", k}, {"frames", frames}};
   if (!ok || pj.is_null()) {
     row["ok"] = false;
