@@ -161,11 +161,11 @@ int run_compositor(NodeContext& ctx) {
   auto try_subscribe = [&](TeacherState& t, std::int64_t now) {
     if (t.sub || now < t.next_try_ns) return;
     t.next_try_ns = now + 200'000'000;
+    // Any failure is retried (the address was checked with the params): a teacher not started
+    // yet, restarting, or caught mid-way through writing its manifest.
     try {
       t.sub.emplace(node.subscribe(t.conf.from, sub_opts));
       std::fprintf(stderr, "teacher '%s' (%s): subscribed\n", t.conf.name.c_str(), t.conf.from.c_str());
-    } catch (const ValidationError&) {
-      throw;  // a malformed address or a peer that fails validation: not something to wait out
     } catch (const std::exception& e) {
       if (!t.announced_missing) {
         std::fprintf(stderr, "teacher '%s' (%s) is not there yet (%s): its slice is masked until it is\n",

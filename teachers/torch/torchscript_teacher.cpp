@@ -178,18 +178,13 @@ int run_torchscript(NodeContext& ctx) {
   }
   SubscribeOptions so;
   so.connect_timeout = std::chrono::milliseconds(500);
+  so.wait_for_producer = std::chrono::seconds(30);  // ended early by SIGTERM
   std::optional<Subscriber> sub;
-  const auto t0 = platform::monotonic_ns();
-  while (!sub) {
-    try {
-      sub.emplace(node.subscribe(from, so));
-    } catch (const ValidationError&) {
-      throw;
-    } catch (const std::exception& e) {
-      if (NodeContext::stop_requested()) return 0;
-      if (platform::monotonic_ns() - t0 > 30'000'000'000) throw Error("param 'from': " + from + " is not there after 30 s (" + e.what() + ")");
-      NodeContext::sleep_for(std::chrono::milliseconds(100));
-    }
+  try {
+    sub.emplace(node.subscribe(from, so));
+  } catch (const std::exception& e) {
+    if (NodeContext::stop_requested()) return 0;
+    throw Error("param 'from': " + from + ": " + e.what());
   }
   const auto in_spec = sub->spec();
   const auto in_type = scalar_type(in_spec.dtype, "param 'from': " + from);
