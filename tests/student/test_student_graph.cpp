@@ -183,6 +183,7 @@ TEST_F(StudentMP, LossFallsOnTheSceneWithinABoundedNumberOfSteps) {
   ASSERT_GE(loss.size(), 20u) << "rows of the CSV";
   const double first = (loss[0] + loss[1] + loss[2]) / 3;
   const double last = (loss[loss.size() - 1] + loss[loss.size() - 2] + loss[loss.size() - 3]) / 3;
+  std::printf("loss over the first 30 steps %.4g, over the last 30 %.4g\n", first, last);
   EXPECT_LT(last, 0.8 * first) << "loss over the first 30 steps " << first << ", over the last 30 " << last;
 }
 
