@@ -8,6 +8,7 @@
 #include "directport/compositor/compositor.hpp"
 #include "directport/core/error.hpp"
 #include "directport/core/names.hpp"
+#include "directport/core/slab.hpp"
 #include "directport/cuda/device.hpp"
 #include "directport/platform/process.hpp"
 #if DIRECTPORT_HAS_CUDA
@@ -254,27 +255,13 @@ int run_compositor(NodeContext& ctx) {
                ctx.name().c_str(), spec.name.c_str(), layout.total_elements(), dtype_name(out_dtype),
                static_cast<long long>(grid_h), static_cast<long long>(grid_w), memory_kind_name(memory));
 
-  // Frames held between arrival and fusion; a frame is named by its index here.
-  std::vector<std::optional<Held>> held;
-  std::vector<std::size_t> free_slots;
-  auto hold = [&](std::size_t t, const Frame& f) {
-    std::size_t h;
-    if (free_slots.empty()) {
-      h = held.size();
-      held.emplace_back();
-    } else {
-      h = free_slots.back();
-      free_slots.pop_back();
-    }
-    held[h] = Held{t, f};
-    return h;
-  };
+  // Frames held between arrival and fusion, named by their handle in the aligner.
+  Slab<Held> held;
+  auto hold = [&](std::size_t t, const Frame& f) { return held.put(Held{t, f}); };
   auto give_back = [&](std::size_t h) {
-    auto& x = *held[h];
+    const Held x = held.take(h);
     auto& t = teachers[x.teacher];
     if (t.sub) t.sub->release(x.frame, gs);
-    held[h].reset();
-    free_slots.push_back(h);
   };
 
   Aligner aligner(teachers.size(), wait_ns, 1);  // per teacher: its ring minus one, once subscribed
@@ -344,7 +331,7 @@ int run_compositor(NodeContext& ctx) {
       std::int64_t t_source = 0;
       for (std::size_t i = 0; i < teachers.size(); ++i) {
         if (!d->frames[i]) continue;
-        const auto& x = *held[*d->frames[i]];
+        const auto& x = held[*d->frames[i]];
         if (!teachers[i].sub || !teachers[i].sub->is_valid(x.frame)) continue;  // its producer died mid-frame
         in[i] = x.frame.data;
         if (!t_source || (x.frame.t_source_ns && x.frame.t_source_ns < t_source)) t_source = x.frame.t_source_ns;

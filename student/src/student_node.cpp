@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "directport/core/error.hpp"
+#include "directport/core/slab.hpp"
 #include "directport/cuda/device.hpp"
 #include "directport/platform/process.hpp"
 #include "directport/student/pairer.hpp"
@@ -159,24 +160,11 @@ int run_student(NodeContext& ctx) {
   }
 
   Pairer pairer(std::max<std::uint32_t>(in_spec.slots, 2) - 1, std::max<std::uint32_t>(tg_spec.slots, 2) - 1);
-  std::vector<std::optional<Held>> held;
-  std::vector<std::size_t> free_slots;
-  auto hold = [&](Pairer::Side side, const Frame& f) {
-    std::size_t h;
-    if (free_slots.empty()) {
-      h = held.size();
-      held.emplace_back();
-    } else {
-      h = free_slots.back();
-      free_slots.pop_back();
-    }
-    held[h] = Held{side, f};
-    return h;
-  };
+  Slab<Held> held;  // frames held until paired, named by their handle in the pairer
+  auto hold = [&](Pairer::Side side, const Frame& f) { return held.put(Held{side, f}); };
   auto give_back = [&](std::size_t h) {
-    subs[held[h]->side]->release(held[h]->frame, gs);
-    held[h].reset();
-    free_slots.push_back(h);
+    const Held x = held.take(h);
+    subs[x.side]->release(x.frame, gs);
   };
 
   const auto steps_limit = p["steps"].get<std::uint64_t>();
@@ -239,8 +227,8 @@ int run_student(NodeContext& ctx) {
     } else {
       const auto ts = now_ns();
       wait_s += double(ts - tw) / 1e9;
-      const Frame& fi = held[pair->input]->frame;
-      const Frame& ft = held[pair->target]->frame;
+      const Frame fi = held[pair->input].frame;
+      const Frame ft = held[pair->target].frame;
       auto opts_of = [&](torch::ScalarType t) {
         return torch::TensorOptions().dtype(t).device(on_gpu ? o.device : torch::Device(torch::kCPU));
       };
