@@ -117,7 +117,7 @@ std::optional<Subscriber> subscribe_within(const std::string& node, const std::s
 
 TEST_F(CompositorMP, FusedFramesAreTheReferenceFusionAndADeadTeacherIsMaskedUntilItReturns) {
   json params{{"memory", "host"},  {"teachers", teachers_param()}, {"grid", {24, 32}}, {"dtype", "f32"},
-              {"slots", 8},        {"wait_ms", 30.0},              {"momentum", 0.1},    {"wait_subscribers", 1}};
+              {"slots", 16},       {"wait_ms", 30.0},              {"momentum", 0.1},    {"wait_subscribers", 1}};
   test::Launcher launch(DP_CLI, {write(graph(params)), "-q"});
   // `inspect` shows the segments.
   // (Before subscribing: the compositor fuses only once a consumer is there, so that this test
