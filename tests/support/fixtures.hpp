@@ -5,6 +5,9 @@
 
 #include <string>
 
+#include <signal.h>
+
+#include "support/launch.hpp"
 #include "support/test_support.hpp"
 
 namespace dp::test {
@@ -22,6 +25,19 @@ class DomainTest : public ::testing::Test {
     remove_shm_entries(domain_);
   }
   std::string domain_;
+};
+
+// A DomainTest whose processes run in the domain (a launched graph): at the end it also checks
+// that none of them outlived the test (and kills any that did, so that one failure does not
+// cascade).
+class GraphTest : public DomainTest {
+ protected:
+  void TearDown() override {
+    auto left = processes_with_arg(domain_);
+    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
+    for (int pid : left) ::kill(pid, SIGKILL);
+    DomainTest::TearDown();
+  }
 };
 
 }  // namespace dp::test
