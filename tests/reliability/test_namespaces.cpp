@@ -74,7 +74,9 @@ TEST_F(Namespaces, BadNamesAreRefusedEverywhereAndLeaveNothingBehind) {
   for (auto& bad : bad_names()) {
     SCOPED_TRACE("name '" + bad + "'");
     EXPECT_THROW(Node(node_opts(domain_, bad)), ValidationError);
-    if (!bad.empty()) EXPECT_THROW(Node(node_opts(bad, "node")), ValidationError);  // "": the default
+    if (!bad.empty()) {  // "": the default
+      EXPECT_THROW(Node(node_opts(bad, "node")), ValidationError);
+    }
     EXPECT_THROW(ManifestWriter::create(domain_, bad), ValidationError);
     EXPECT_THROW(ManifestWriter::create(bad, "node"), ValidationError);
     EXPECT_THROW(broker_socket_name(bad, "node"), ValidationError);
@@ -84,7 +86,9 @@ TEST_F(Namespaces, BadNamesAreRefusedEverywhereAndLeaveNothingBehind) {
     EXPECT_THROW(Subscriber(bad, "frames", so), ValidationError);
     EXPECT_THROW(Subscriber("node", bad, so), ValidationError);
     so.domain = bad;
-    if (!bad.empty()) EXPECT_THROW(Subscriber("node", "frames", so), ValidationError);  // "": the default
+    if (!bad.empty()) {  // "": the default
+      EXPECT_THROW(Subscriber("node", "frames", so), ValidationError);
+    }
   }
   // At once: a bad name is no reason to wait for a producer (SubscribeOptions::wait_for_producer).
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 2s);
