@@ -33,6 +33,7 @@ Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint
   new (&control_) protocol::ControlBlock{};
   control_.slot_count = spec_.slots;
   last_slot_ = spec_.slots - 1;
+  slot_seq_.assign(spec_.slots, 0);
 }
 
 Publisher::~Publisher() {
@@ -53,6 +54,10 @@ bool Publisher::slot_free(std::uint32_t slot, std::uint64_t& wait_value, const S
 
 bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
   auto& meta = control_.slots[slot];
+  // At most `slots` frames in flight on our own GPU stream (see slot_seq_).
+  if (transport_->gpu_side() && transport_->ready_word(slot).load(std::memory_order_acquire) < slot_seq_[slot]) {
+    return false;
+  }
   auto& waits = wait_scratch_;  // reused: acquire() is a hot path
   waits.assign(subs_.size(), 0);
   auto all_free = [&] {
@@ -102,6 +107,7 @@ std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
 void Publisher::publish(const SlotLease& lease, const FrameInfo& info, GpuStream stream) {
   DP_EXPECTS(lease.seq == next_seq_ && lease.slot < spec_.slots, "publish() of a lease that acquire() did not hand out");
   transport_->signal_ready(stream, lease.slot, lease.seq);
+  slot_seq_[lease.slot] = lease.seq;
   auto& meta = control_.slots[lease.slot];
   std::int64_t now = platform::monotonic_ns();
   meta.frame_id.store(info.frame_id, std::memory_order_relaxed);

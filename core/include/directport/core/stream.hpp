@@ -84,6 +84,11 @@ class Publisher {
   mutable std::mutex mu_;
   std::vector<std::unique_ptr<Subscription>> subs_;
   std::vector<std::uint64_t> wait_scratch_;  // per-subscription GPU wait values (acquire)
+  // Last seq published into each slot. On a GPU stream a slot is reused only once its ready
+  // word shows that our own GPU has signalled that frame: publish() returns before the GPU has
+  // run the frame's work, and without this bound the CPU runs ahead by as many frames as the
+  // driver queues (thousands), so that the newest frame a consumer sees lies behind all of them.
+  std::vector<std::uint64_t> slot_seq_;
   std::uint64_t next_seq_ = 1;
   std::uint32_t last_slot_ = 0;
   std::uint64_t next_sub_id_ = 1;
