@@ -90,6 +90,10 @@ void add_doctor(CLI::App& app, int& exit_code) {
                       yn("vmm"), yn("posix_fd"), yn("memops_64"), yn("host_register"), yn("read_only_host_register"),
                       yn("ipc"));
         }
+        if (c.contains("fence_waits")) {
+          std::printf("  fence waits: on the %s (%s)\n", c["fence_waits"]["where"].get<std::string>().c_str(),
+                      c["fence_waits"]["why"].get<std::string>().c_str());
+        }
         if (c.contains("fences") && c["fences"].contains("error")) {
           std::printf("  fence measurement failed: %s\n", c["fences"]["error"].get<std::string>().c_str());
         } else if (c.contains("fences")) {

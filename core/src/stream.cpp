@@ -45,7 +45,7 @@ bool Publisher::slot_free(std::uint32_t slot, std::uint64_t& wait_value, const S
   const ReleaseRecord& r = s.view.records[slot];
   std::uint64_t held = r.held.load(std::memory_order_seq_cst);
   if (held == 0 || r.released.load(std::memory_order_acquire) >= held) return true;
-  if (transport_->gpu_side() && r.release_enqueued.load(std::memory_order_acquire) >= held) {
+  if (transport_->gpu_waits() && r.release_enqueued.load(std::memory_order_acquire) >= held) {
     wait_value = held;  // released on the consumer's stream, maybe not executed yet
     return true;
   }

@@ -9,6 +9,7 @@
 #include <thread>
 #include <vector>
 
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -119,6 +120,10 @@ INSTANTIATE_TEST_SUITE_P(Sizes, GpuTransportFrames,
                                            Case{256 << 20, 8, 150, 0}));
 
 TEST_F(GpuTransport, WriteIntoReadOnlyMappingFaultsOnlyThatConsumer) {
+  int mps = 0;
+  if (cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, 0) == cudaSuccess && mps) {
+    GTEST_SKIP() << "under MPS a GPU fault is not contained to the client that made it (docs/TRANSPORT.md)";
+  }
   auto src = source(1 << 20, 2, 1000);
   auto bad = sink(0, 1, 0, /*probe=*/true);
   auto good = sink(1, 3000);

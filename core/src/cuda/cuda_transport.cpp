@@ -10,11 +10,14 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <utility>
 
 #include "directport/core/fence.hpp"
 #include "directport/core/transport.hpp"
+#include "directport/cuda/device.hpp"
 #include "directport/cuda/driver.hpp"
+#include "directport/platform/process.hpp"
 
 namespace dp {
 namespace {
@@ -217,6 +220,7 @@ class CudaProducer final : public ProducerTransport {
     device_ = current_device();
     cuda::use_device(device_);
     uuid_ = cuda::device_uuid(device_);
+    gpu_waits_ = cuda::fence_waits(device_).on_gpu;
     stride_ = round_up(spec.frame_bytes(), 256);
     if (spec.memory == MemoryKind::cuda_vmm) {
       granularity_ = vmm_granularity(device_);
@@ -324,6 +328,7 @@ class CudaProducer final : public ProducerTransport {
     DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq, 0);
   }
   bool gpu_side() const override { return true; }
+  bool gpu_waits() const override { return gpu_waits_; }
 
  private:
   struct PeerPage {
@@ -333,6 +338,7 @@ class CudaProducer final : public ProducerTransport {
   };
   StreamSpec spec_;
   int device_ = 0;
+  bool gpu_waits_ = true;  // cuda::fence_waits()
   std::string uuid_;
   std::size_t stride_ = 0, bytes_ = 0, granularity_ = 0;
   VmmHandle handle_;
@@ -355,6 +361,7 @@ class CudaConsumer final : public ConsumerTransport {
   explicit CudaConsumer(TransportImport imp) : spec_(*imp.spec), stride_(imp.slot_stride) {
     device_ = current_device();
     cuda::use_device(device_);
+    gpu_waits_ = cuda::fence_waits(device_).on_gpu;
     const auto& d = imp.description;
     auto theirs = d.at("device_uuid").get<std::string>();
     auto ours = cuda::device_uuid(device_);
@@ -415,10 +422,25 @@ class CudaConsumer final : public ConsumerTransport {
   }
 
   const void* slot_data(std::uint32_t slot) const override { return reinterpret_cast<const void*>(base_ + slot * stride_); }
-  bool wait_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq, std::chrono::nanoseconds) override {
-    DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq,
-                CU_STREAM_WAIT_VALUE_GEQ);
-    return true;
+  bool wait_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq, std::chrono::nanoseconds timeout) override {
+    // Already signalled: the frame's writes are done and visible to any later kernel of ours,
+    // and nothing needs enqueuing.
+    if (ready_value(slot) >= seq) return true;
+    if (gpu_waits_) {
+      DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq,
+                  CU_STREAM_WAIT_VALUE_GEQ);
+      return true;
+    }
+    // CPU wait on the same word (cuda::fence_waits): poll briefly, then in short sleeps. The
+    // producer's GPU is at most `slots` frames behind its publish() calls, so this is short.
+    const std::int64_t start = platform::monotonic_ns();
+    const std::int64_t deadline = start + timeout.count();
+    for (;;) {
+      if (ready_value(slot) >= seq) return true;
+      const std::int64_t now = platform::monotonic_ns();
+      if (now >= deadline) return false;
+      if (now - start > 50000) std::this_thread::sleep_for(std::chrono::microseconds(10));
+    }
   }
   void signal_released(GpuStream stream, protocol::ReleaseRecord& rec, std::uint64_t seq) override {
     auto off = reinterpret_cast<char*>(&rec.released) - own_base_;
@@ -443,6 +465,7 @@ class CudaConsumer final : public ConsumerTransport {
  private:
   StreamSpec spec_;
   int device_ = 0;
+  bool gpu_waits_ = true;  // cuda::fence_waits()
   std::size_t stride_ = 0, bytes_ = 0;
   VmmHandle handle_;
   VaRange range_;

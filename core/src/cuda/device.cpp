@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <vector>
 
+#include "directport/core/error.hpp"
 #include "directport/core/fence.hpp"
 #include "directport/core/protocol.hpp"
 #include "directport/cuda/driver.hpp"
@@ -128,6 +130,24 @@ nlohmann::json measure_fences() {
 
 bool gpu_available() noexcept { return availability().usable; }
 
+FenceWaits fence_waits(int device) {
+  const char* env = std::getenv("DIRECTPORT_GPU_WAITS");
+  std::string choice = env && *env ? env : "auto";
+  if (choice == "gpu") return {true, "DIRECTPORT_GPU_WAITS=gpu"};
+  if (choice == "cpu") return {false, "DIRECTPORT_GPU_WAITS=cpu"};
+  if (choice != "auto") {
+    throw ValidationError("DIRECTPORT_GPU_WAITS is '" + choice + "': use gpu, cpu or auto (the default)");
+  }
+  int mps = 0;
+  if (cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, device) != cudaSuccess) {
+    cudaGetLastError();
+    mps = 0;
+  }
+  if (mps) return {true, "this process is an MPS client: contexts run side by side"};
+  return {false, "no MPS: each process's context is time-sliced, and a context waiting on the GPU holds it; "
+                 "start MPS (nvidia-cuda-mps-control -d) for GPU-side waits"};
+}
+
 nlohmann::json probe(bool measure) {
   const auto& a = availability();
   nlohmann::json j{{"built_with_cuda", true},
@@ -161,6 +181,12 @@ nlohmann::json probe(bool measure) {
     }
     j["devices"] = devs;
     j["memory_kind"] = all_vmm ? "cuda-vmm" : "cuda-ipc";
+    try {
+      auto w = fence_waits(0);
+      j["fence_waits"] = {{"where", w.on_gpu ? "gpu" : "cpu"}, {"why", w.why}};
+    } catch (const std::exception& e) {
+      j["fence_waits"] = {{"where", "error"}, {"why", e.what()}};
+    }
     if (measure) {
       try {
         j["fences"] = measure_fences();

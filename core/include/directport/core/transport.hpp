@@ -46,6 +46,10 @@ class ProducerTransport {
   // After the application's writes to `slot` on `stream`: ready[slot] = seq.
   virtual void signal_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq) = 0;
   virtual bool gpu_side() const = 0;
+  // Whether a slot whose release is enqueued on a consumer's stream but not yet executed may
+  // be taken, its wait enqueued on our stream (wait_released). False: only once the release
+  // has executed, seen on the CPU (cuda::fence_waits).
+  virtual bool gpu_waits() const { return false; }
 };
 
 class ConsumerTransport {
