@@ -94,6 +94,13 @@ void add_doctor(CLI::App& app, int& exit_code) {
           std::printf("  fence waits: on the %s (%s)\n", c["fence_waits"]["where"].get<std::string>().c_str(),
                       c["fence_waits"]["why"].get<std::string>().c_str());
         }
+        if (c.value("mps", false)) {
+          std::printf("  MPS: this process is an MPS client: the graph's processes share the GPU side by side\n");
+        } else if (c.contains("mps")) {
+          std::printf("  MPS: not in use: each process's context is time-sliced, so a hand-off between processes\n"
+                      "       costs context switches (about 144 us p50 on an H200, against 9-12 us under MPS;\n"
+                      "       docs/TRANSPORT.md). For the low-latency path start nvidia-cuda-mps-control -d\n");
+        }
         if (c.contains("fences") && c["fences"].contains("error")) {
           std::printf("  fence measurement failed: %s\n", c["fences"]["error"].get<std::string>().c_str());
         } else if (c.contains("fences")) {

@@ -4,10 +4,13 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
+
 #include <cstdio>
 #include <iostream>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "directport/core/error.hpp"
 #include "directport/core/names.hpp"
@@ -39,20 +42,31 @@ MemoryKind choose_memory(const std::string& m) {
 #if DIRECTPORT_HAS_CUDA
 struct GpuScratch {
   cudaStream_t stream = nullptr;
-  std::uint64_t* host = nullptr;  // mapped: [0] scratch, [8] result
-  std::uint64_t* dev = nullptr;
+  std::uint64_t* host = nullptr;     // mapped: [8] the verification result, read on the CPU
+  std::uint64_t* dev = nullptr;      // the same, as the GPU addresses it
+  std::uint64_t* reduce = nullptr;   // device memory for the checksum's atomics
   GpuScratch() {
     DP_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), 128, cudaHostAllocMapped));
     DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
+    DP_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&reduce), 64));
   }
   ~GpuScratch() {
     if (stream) cudaStreamDestroy(stream);
     if (host) cudaFreeHost(host);
+    if (reduce) cudaFree(reduce);
   }
   GpuStream gs() const { return reinterpret_cast<GpuStream>(stream); }
 };
 #endif
+
+// {"p50", "p99", "max"} of a sample in microseconds (empty: {}), for the nodes' reports.
+nlohmann::json percentiles(std::vector<double> v) {
+  if (v.empty()) return nlohmann::json::object();
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[static_cast<std::size_t>(q * (v.size() - 1))]; };
+  return {{"p50", at(0.5)}, {"p99", at(0.99)}, {"max", v.back()}, {"n", v.size()}};
+}
 
 int run_pattern_source(NodeContext& ctx) {
   const auto& name = ctx.name();
@@ -86,18 +100,21 @@ int run_pattern_source(NodeContext& ctx) {
   auto period = std::chrono::nanoseconds(rate > 0 ? static_cast<std::int64_t>(1e9 / rate) : 0);
   auto next = std::chrono::steady_clock::now();
   std::uint64_t n = 0;
+  std::vector<double> acquire_us;
   while (!NodeContext::stop_requested() && (frames == 0 || n < frames)) {
+    const auto t_acq = std::chrono::steady_clock::now();
     auto lease = [&] {
 #if DIRECTPORT_HAS_CUDA
       if (gpu) return pub.acquire(gpu->gs());
 #endif
       return pub.acquire();
     }();
+    acquire_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_acq).count());
     if (!lease) continue;  // dropped (counted); try again
     std::uint64_t seed = lease->seq * 7919 + 17;
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
-      kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->dev, gpu->gs());
+      kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->reduce, gpu->gs());
       pub.publish(*lease, {lease->seq, 0, 0}, gpu->gs());
     } else
 #endif
@@ -115,7 +132,8 @@ int run_pattern_source(NodeContext& ctx) {
   if (gpu) cudaStreamSynchronize(gpu->stream);
 #endif
   auto c = pub.counters();
-  std::cout << nlohmann::json{{"node", name}, {"type", "pattern-source"}, {"published", c.published}, {"dropped", c.dropped}}.dump()
+  std::cout << nlohmann::json{{"node", name}, {"type", "pattern-source"}, {"published", c.published}, {"dropped", c.dropped},
+                            {"acquire_us", percentiles(acquire_us)}}.dump()
             << std::endl;
   return 0;
 }
@@ -143,12 +161,16 @@ int run_checksum_sink(NodeContext& ctx) {
   std::uint64_t ok = 0, bad = 0;
   bool gave_up = false;
   auto last_frame = std::chrono::steady_clock::now();
+  // Where a frame's time goes, for the report: waiting in next(), and (GPU) the stream sync.
+  std::vector<double> next_us, sync_us;
   while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
     GpuStream gs = nullptr;
 #if DIRECTPORT_HAS_CUDA
     if (gpu) gs = gpu->gs();
 #endif
+    const auto t_next = std::chrono::steady_clock::now();
     auto f = sub.next(std::chrono::milliseconds(100), gs);
+    next_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
     if (!f) {
       if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
         std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from.c_str(), timeout_s);
@@ -175,10 +197,12 @@ int run_checksum_sink(NodeContext& ctx) {
     }
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
-      kernels::verify_frame_gpu(f->data, f->bytes, f->seq, gpu->dev, gpu->dev + 8, gs);
+      kernels::verify_frame_gpu(f->data, f->bytes, f->seq, gpu->reduce, gpu->dev + 8, gs);
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
       sub.release(*f, gs);
+      const auto t_sync = std::chrono::steady_clock::now();
       DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
+      sync_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_sync).count());
       result = gpu->host[8];
     } else
 #endif
@@ -201,7 +225,8 @@ int run_checksum_sink(NodeContext& ctx) {
   auto c = sub.counters();
   std::cout << nlohmann::json{{"node", name},         {"type", "checksum-sink"}, {"from", from},
                               {"verified", ok},       {"bad", bad},              {"missed", c.missed},
-                              {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects}}
+                              {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
+                              {"next_us", percentiles(next_us)}, {"sync_us", percentiles(sync_us)}}
                    .dump()
             << std::endl;
   // Giving up for lack of frames is a failure: the launcher's restart policy decides what next.

@@ -242,7 +242,9 @@ struct Subscriber::Connection {
   std::atomic<bool> stop{false};
   std::atomic<bool> dead{false};
   std::atomic<std::uint64_t> forced_seq[protocol::kMaxSlots] = {};  // ready words we raised
-  bool forced(std::uint32_t k, std::uint64_t seq) const { return forced_seq[k].load() >= seq; }
+  // Whether the watchdog raised slot k's ready word for the frame `seq` (it raises a word only to
+  // the seq held in that slot, never reached by the producer: that frame has no data).
+  bool forced(std::uint32_t k, std::uint64_t seq) const { return forced_seq[k].load() == seq; }
   void force(std::uint32_t k, std::uint64_t seq) noexcept {
     forced_seq[k].store(seq);
     transport->force_ready(k, seq);
@@ -366,9 +368,12 @@ void Subscriber::producer_died() noexcept {
   for (std::uint32_t k = 0; k < conn_->spec.slots; ++k) {
     auto& r = conn_->record(k);
     std::uint64_t held = r.held.load();
-    if (!held || r.released.load() >= held) continue;
-    // (The watchdog may have raised the word already: then the frame never got its data either.)
-    if (conn_->transport->ready_value(k) < held || conn_->forced(k, held)) {
+    if (!held) continue;
+    // A frame whose word the watchdog raised never got its data, even if the application has
+    // released it since (its GPU wait passed on the raised word); one not yet reached never will.
+    const bool forced = conn_->forced(k, held);
+    if (!forced && r.released.load() >= held) continue;
+    if (forced || conn_->transport->ready_value(k) < held) {
       conn_->invalid_seqs.push_back(held);
       ++counters_.invalidated;
       if (!conn_->forced(k, held)) conn_->force(k, held);
@@ -510,7 +515,8 @@ void Subscriber::release(const Frame& f, GpuStream stream) {
 }
 
 bool Subscriber::is_valid(const Frame& f) const {
-  if (conn_ && f.generation == conn_->generation) return true;
+  // The watchdog thread may have raised this frame's word before this thread noticed the death.
+  if (conn_ && f.generation == conn_->generation) return !conn_->forced(f.slot, f.seq);
   for (auto& r : retired_) {
     if (r->generation == f.generation) {
       return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end();

@@ -9,7 +9,6 @@
 #include <thread>
 #include <vector>
 
-#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -120,8 +119,7 @@ INSTANTIATE_TEST_SUITE_P(Sizes, GpuTransportFrames,
                                            Case{256 << 20, 8, 150, 0}));
 
 TEST_F(GpuTransport, WriteIntoReadOnlyMappingFaultsOnlyThatConsumer) {
-  int mps = 0;
-  if (cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, 0) == cudaSuccess && mps) {
+  if (dp::cuda::mps_enabled(0)) {
     GTEST_SKIP() << "under MPS a GPU fault is not contained to the client that made it (docs/TRANSPORT.md)";
   }
   auto src = source(1 << 20, 2, 1000);

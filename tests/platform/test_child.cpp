@@ -57,5 +57,12 @@ TEST(Child, DestructionKillsAndReapsARunningChild) {
 
 TEST(Child, EmptyArgvIsAPrecondition) { EXPECT_THROW(Child::spawn({}), PreconditionError); }
 
+TEST(Child, AProgramNamedWithoutASlashIsFoundInPath) {
+  auto c = Child::spawn({"sh", "-c", "exit 5"}, {true});
+  EXPECT_EQ(c.wait_for(10s), 5);
+  auto missing = Child::spawn({"directport-no-such-program-xyz"}, {true});
+  EXPECT_EQ(missing.wait_for(10s), 127);
+}
+
 }  // namespace
 }  // namespace dp::platform

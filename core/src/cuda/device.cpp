@@ -130,22 +130,21 @@ nlohmann::json measure_fences() {
 
 bool gpu_available() noexcept { return availability().usable; }
 
-FenceWaits fence_waits(int device) {
+FenceWaits fence_waits(int) {
   const char* env = std::getenv("DIRECTPORT_GPU_WAITS");
-  std::string choice = env && *env ? env : "auto";
-  if (choice == "gpu") return {true, "DIRECTPORT_GPU_WAITS=gpu"};
+  std::string choice = env && *env ? env : "gpu";
+  if (choice == "gpu") return {true, env && *env ? "DIRECTPORT_GPU_WAITS=gpu" : "the default"};
   if (choice == "cpu") return {false, "DIRECTPORT_GPU_WAITS=cpu"};
-  if (choice != "auto") {
-    throw ValidationError("DIRECTPORT_GPU_WAITS is '" + choice + "': use gpu, cpu or auto (the default)");
-  }
+  throw ValidationError("DIRECTPORT_GPU_WAITS is '" + choice + "': use gpu (the default) or cpu");
+}
+
+bool mps_enabled(int device) noexcept {
   int mps = 0;
   if (cudaDeviceGetAttribute(&mps, cudaDevAttrMpsEnabled, device) != cudaSuccess) {
     cudaGetLastError();
-    mps = 0;
+    return false;
   }
-  if (mps) return {true, "this process is an MPS client: contexts run side by side"};
-  return {false, "no MPS: each process's context is time-sliced, and a context waiting on the GPU holds it; "
-                 "start MPS (nvidia-cuda-mps-control -d) for GPU-side waits"};
+  return mps != 0;
 }
 
 nlohmann::json probe(bool measure) {
@@ -184,6 +183,7 @@ nlohmann::json probe(bool measure) {
     try {
       auto w = fence_waits(0);
       j["fence_waits"] = {{"where", w.on_gpu ? "gpu" : "cpu"}, {"why", w.why}};
+      j["mps"] = mps_enabled(0);
     } catch (const std::exception& e) {
       j["fence_waits"] = {{"where", "error"}, {"why", e.what()}};
     }

@@ -15,17 +15,20 @@ nlohmann::json probe(bool measure);
 // True when CUDA is built in and a device can be used.
 bool gpu_available() noexcept;
 
-// Where the fence waits of CUDA streams run in this process (docs/TRANSPORT.md, "Time-slicing
-// and MPS"). On the GPU (cuStreamWaitValue64: no CPU on the path) when the device's contexts are
-// shared through MPS; on the CPU otherwise: without MPS each process has its own context, the
-// contexts are time-sliced, and one whose stream waits for a word that another process writes
-// holds the GPU while it waits, so that every hand-off costs context switches. A CPU wait polls
-// the same fence word, and nothing is enqueued when it has been reached. DIRECTPORT_GPU_WAITS
-// (gpu | cpu | auto, default auto) overrides; any other value throws ValidationError naming it.
+// Where the fence waits of CUDA streams run in this process: on the GPU (cuStreamWaitValue64
+// enqueued on the reader's stream: no CPU on the path), the default; or, with
+// DIRECTPORT_GPU_WAITS=cpu, polled on the CPU, with nothing enqueued (docs/TRANSPORT.md has
+// both measured). Either way a wait already reached enqueues nothing. Any other value throws
+// ValidationError naming it.
 struct FenceWaits {
-  bool on_gpu = false;
+  bool on_gpu = true;
   std::string why;
 };
 FenceWaits fence_waits(int device);
+
+// Whether this process's contexts on `device` are MPS clients. Without MPS each process has its
+// own context and the GPU time-slices between them: a hand-off between processes then costs
+// context switches (docs/TRANSPORT.md, "Time-slicing and MPS").
+bool mps_enabled(int device) noexcept;
 
 }  // namespace dp::cuda

@@ -20,8 +20,9 @@ class Child {
     bool merge_stderr = false;    // with capture_stdout: stderr goes into the same pipe
   };
 
-  // argv[0] is the program's path. Throws SystemError if fork fails; a failed exec makes the
-  // child exit with 127 (Windows: CreateProcessW finding no program reports 127 the same way).
+  // argv[0] is the program: a path, or a name looked up in PATH. Throws SystemError if fork
+  // fails; a failed exec makes the child exit with 127 (Windows: CreateProcessW finding no
+  // program reports 127 the same way).
   static Child spawn(const std::vector<std::string>& argv, Options opts);
   static Child spawn(const std::vector<std::string>& argv) { return spawn(argv, Options{}); }
 

@@ -8,15 +8,40 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <string>
 #include <utility>
 
 #include "directport/core/error.hpp"
 
 namespace dp::platform {
+namespace {
+
+// A program named without a '/' is looked up in PATH here, before fork (execvp may allocate,
+// which a forked child of a threaded process must not). Unfound: the name as given, and the
+// child exits 127 as a shell would.
+std::string resolve_program(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
+  std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
+  std::size_t start = 0;
+  while (start <= dirs.size()) {
+    std::size_t end = dirs.find(':', start);
+    if (end == std::string::npos) end = dirs.size();
+    std::string dir = dirs.substr(start, end - start);
+    std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  return name;
+}
+
+}  // namespace
 
 Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
   DP_EXPECTS(!argv.empty(), "Child::spawn needs a program");
   // Everything the child needs is prepared before fork: after it only async-signal-safe calls.
+  const std::string program = resolve_program(argv[0]);
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -37,7 +62,7 @@ Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
     if (::getppid() != parent) _exit(126);  // the parent died before prctl took effect
     if (p[1] >= 0) ::dup2(p[1], 1);         // dup2 clears O_CLOEXEC on the copy
     if (p[1] >= 0 && opts.merge_stderr) ::dup2(p[1], 2);
-    ::execv(args[0], args.data());
+    ::execv(program.c_str(), args.data());
     _exit(127);
   }
   Child c;

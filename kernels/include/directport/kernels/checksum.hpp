@@ -24,8 +24,9 @@ void fill_cpu(void* dst, std::size_t bytes, std::uint64_t seed);
 // Order-independent, so the GPU can reduce in any order.
 std::uint64_t checksum_cpu(const void* src, std::size_t bytes);
 
-// GPU versions: enqueued on `stream`, never synchronised. `out` is device memory (or mapped
-// host memory) for one uint64. Throw CudaError if CUDA is not usable.
+// GPU versions: enqueued on `stream`, never synchronised. `out` is one uint64 of device memory
+// (mapped host memory works, but the reduction's atomics then cross the bus: one per block, so
+// keep it for tests). Throw CudaError if CUDA is not usable.
 void fill_gpu(void* dst, std::size_t bytes, std::uint64_t seed, GpuStream stream);
 void checksum_gpu(const void* src, std::size_t bytes, std::uint64_t* out, GpuStream stream);
 // A kernel that writes one word at `dst` (used to prove read-only mappings fault).

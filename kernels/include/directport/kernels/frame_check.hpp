@@ -18,7 +18,8 @@ void stamp_frame_cpu(void* dst, std::size_t bytes, std::uint64_t seq, std::uint6
 FrameCheck verify_frame_cpu(const void* src, std::size_t bytes, std::uint64_t expected_seq);
 
 // GPU: enqueued on `stream`. `result` points to device-visible memory (device or mapped host)
-// that receives a FrameCheck; `scratch` to one device-visible uint64 for the reduction.
+// that receives a FrameCheck; `scratch` to one uint64 of device memory for the reduction
+// (see checksum_gpu).
 void stamp_frame_gpu(void* dst, std::size_t bytes, std::uint64_t seq, std::uint64_t seed, std::uint64_t* scratch,
                      GpuStream stream);
 void verify_frame_gpu(const void* src, std::size_t bytes, std::uint64_t expected_seq, std::uint64_t* scratch,
