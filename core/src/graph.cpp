@@ -211,6 +211,8 @@ struct Running {
   const NodeConfig* cfg;
   platform::Child child;
   int restarts = 0;
+  int streak = 0;  // restarts since the node last ran for LaunchOptions::stable_run
+  std::chrono::steady_clock::time_point started{};
   bool failed_for_good = false;
   bool done = false;  // exited and will not be restarted
   std::chrono::steady_clock::time_point restart_at{};
@@ -237,6 +239,7 @@ int launch_graph(const GraphConfig& g, const LaunchOptions& opts) {
     r.child = platform::Child::spawn({opts.self_exe, "node", r.cfg->type, "--name", r.cfg->name, "--domain", g.domain,
                                       "--params-json", r.cfg->params.dump()},
                                      {/*capture_stdout=*/true, /*merge_stderr=*/true});
+    r.started = std::chrono::steady_clock::now();
     r.waiting_restart = false;
   };
   std::vector<Running> nodes;
@@ -286,9 +289,11 @@ int launch_graph(const GraphConfig& g, const LaunchOptions& opts) {
       bool failed = *rc != 0;
       bool again = r.cfg->restart == RestartPolicy::always || (failed && r.cfg->restart == RestartPolicy::on_failure);
       if (again && r.restarts < r.cfg->max_restarts) {
-        auto delay = opts.restart_backoff * (1 << std::min(r.restarts, 5));
+        if (now - r.started >= opts.stable_run) r.streak = 0;
+        auto delay = opts.restart_backoff * (1 << std::min(r.streak, 5));
         delay = std::min<std::chrono::milliseconds>(delay, std::chrono::seconds(8));
         ++r.restarts;
+        ++r.streak;
         r.waiting_restart = true;
         r.restart_at = now + delay;
         log("[launch] " + r.cfg->name + " " + how + "; restarting in " + std::to_string(delay.count()) + " ms");

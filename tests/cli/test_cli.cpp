@@ -442,6 +442,40 @@ TEST_F(CliMP, LaunchRestartsAKilledNode) {
   expect_clean();
 }
 
+TEST_F(CliMP, RestartBackoffStartsOverAfterAStableRun) {
+  // 'steady' runs 2.5 s (25 frames at 10 Hz) and exits: each run outlasts --stable-after 2, so
+  // every restart waits the first delay. 'flappy' exits at once: its delay doubles.
+  json config{{"domain", domain_},
+              {"nodes",
+               {{{"name", "steady"},
+                 {"type", "pattern-source"},
+                 {"params", {{"memory", "host"}, {"bytes", 4096}, {"frames", 25}, {"rate_hz", 10.0}}},
+                 {"restart", "always"},
+                 {"max_restarts", 100}},
+                {{"name", "flappy"},
+                 {"type", "pattern-source"},
+                 {"params", {{"memory", "host"}, {"bytes", 4096}, {"frames", 1}}},
+                 {"restart", "always"},
+                 {"max_restarts", 3},
+                 {"required", false}}}}};
+  auto r = cli({"launch", write_config(config), "--duration", "9", "--stable-after", "2", "-q"}, true, 30s);
+  EXPECT_EQ(r.rc, 0) << r.out;
+  auto delays = [&](const std::string& node) {
+    std::vector<long> d;
+    const std::string head = "[launch] " + node + " exited with 0; restarting in ";
+    std::istringstream in(r.out);
+    for (std::string l; std::getline(in, l);) {
+      if (l.rfind(head, 0) == 0) d.push_back(std::stol(l.substr(head.size())));
+    }
+    return d;
+  };
+  auto steady = delays("steady");
+  ASSERT_GE(steady.size(), 2u) << r.out;
+  for (long d : steady) EXPECT_EQ(d, 250) << r.out;
+  EXPECT_EQ(delays("flappy"), (std::vector<long>{250, 500, 1000})) << r.out;
+  expect_clean();
+}
+
 TEST_F(CliMP, RequiredNodeThatFailsForGoodStopsTheGraph) {
   // The source waits for 99 subscribers, so it never publishes; the sink wants 10 frames, gives
   // up after 0.5 s (exit 2), is restarted once, gives up again: failed for good.

@@ -45,6 +45,10 @@ struct LaunchOptions {
   std::optional<std::chrono::milliseconds> duration;  // stop cleanly after this long
   std::chrono::milliseconds stop_grace{5000};       // SIGTERM, then SIGKILL after this
   std::chrono::milliseconds restart_backoff{250};   // first restart delay; doubles, max 8 s
+  // A node that ran at least this long before it stopped starts its back-off over: the delay
+  // doubles only over a streak of short runs, so a long-lived node that fails once a day is
+  // restarted after restart_backoff, not after the longest delay it ever reached.
+  std::chrono::milliseconds stable_run{10000};
   bool progress = true;                             // a status line on stderr every second
   std::function<void(const std::string&)> log;      // receives "[node] line"; default stdout
 };
