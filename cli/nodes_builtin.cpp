@@ -60,6 +60,15 @@ struct GpuScratch {
 };
 #endif
 
+// A sample of at most kMaxSamples timings: past that, each new one replaces an old one in turn,
+// so a node that runs for days keeps a bounded, recent sample.
+constexpr std::size_t kMaxSamples = 1 << 16;
+void sample(std::vector<double>& v, std::uint64_t& seen, double x) {
+  if (v.size() < kMaxSamples) v.push_back(x);
+  else v[seen % kMaxSamples] = x;
+  ++seen;
+}
+
 // {"p50", "p99", "max"} of a sample in microseconds (empty: {}), for the nodes' reports.
 nlohmann::json percentiles(std::vector<double> v) {
   if (v.empty()) return nlohmann::json::object();
@@ -101,6 +110,7 @@ int run_pattern_source(NodeContext& ctx) {
   auto next = std::chrono::steady_clock::now();
   std::uint64_t n = 0;
   std::vector<double> acquire_us;
+  std::uint64_t acquire_seen = 0;
   while (!NodeContext::stop_requested() && (frames == 0 || n < frames)) {
     const auto t_acq = std::chrono::steady_clock::now();
     auto lease = [&] {
@@ -109,7 +119,7 @@ int run_pattern_source(NodeContext& ctx) {
 #endif
       return pub.acquire();
     }();
-    acquire_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_acq).count());
+    sample(acquire_us, acquire_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_acq).count());
     if (!lease) continue;  // dropped (counted); try again
     std::uint64_t seed = lease->seq * 7919 + 17;
 #if DIRECTPORT_HAS_CUDA
@@ -163,6 +173,7 @@ int run_checksum_sink(NodeContext& ctx) {
   auto last_frame = std::chrono::steady_clock::now();
   // Where a frame's time goes, for the report: waiting in next(), and (GPU) the stream sync.
   std::vector<double> next_us, sync_us;
+  std::uint64_t next_seen = 0, sync_seen = 0;
   while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
     GpuStream gs = nullptr;
 #if DIRECTPORT_HAS_CUDA
@@ -170,7 +181,7 @@ int run_checksum_sink(NodeContext& ctx) {
 #endif
     const auto t_next = std::chrono::steady_clock::now();
     auto f = sub.next(std::chrono::milliseconds(100), gs);
-    next_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
+    sample(next_us, next_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
     if (!f) {
       if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
         std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from.c_str(), timeout_s);
@@ -202,7 +213,7 @@ int run_checksum_sink(NodeContext& ctx) {
       sub.release(*f, gs);
       const auto t_sync = std::chrono::steady_clock::now();
       DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
-      sync_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_sync).count());
+      sample(sync_us, sync_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_sync).count());
       result = gpu->host[8];
     } else
 #endif

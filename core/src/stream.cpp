@@ -268,10 +268,11 @@ struct Subscriber::Connection {
       }
     });
   }
-  ~Connection() {
+  void stop_watchdog() noexcept {
     stop = true;
     if (watchdog.joinable()) watchdog.join();
   }
+  ~Connection() { stop_watchdog(); }
 };
 
 Subscriber::Subscriber(const std::string& node, const std::string& stream, SubscribeOptions opts)
@@ -365,6 +366,9 @@ void Subscriber::connect(bool* settled) {
 void Subscriber::producer_died() noexcept {
   if (!conn_) return;
   conn_->dead = true;
+  // From here on this thread alone raises words: with the watchdog still running, it could
+  // force a slot between the reads below, and a frame without data would be kept as valid.
+  conn_->stop_watchdog();
   for (std::uint32_t k = 0; k < conn_->spec.slots; ++k) {
     auto& r = conn_->record(k);
     std::uint64_t held = r.held.load();

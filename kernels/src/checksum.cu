@@ -31,6 +31,7 @@ __global__ void checksum_kernel(const std::uint64_t* __restrict__ w, std::size_t
   // (wrap-around addition is associative mod 2^64). One atomic per warp made a 1 MiB checksum
   // into mapped host memory take 13 ms on an H200: thousands of atomics across PCIe.
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_down_sync(0xffffffffu, sum, o);
+  // Launched with whole warps, at most 1024 threads (checksum_gpu: 256).
   __shared__ std::uint64_t warp_sums[32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = (blockDim.x + 31) >> 5;
   if (lane == 0) warp_sums[warp] = sum;

@@ -458,7 +458,7 @@ TEST_F(CliMP, RestartBackoffStartsOverAfterAStableRun) {
                  {"restart", "always"},
                  {"max_restarts", 3},
                  {"required", false}}}}};
-  auto r = cli({"launch", write_config(config), "--duration", "9", "--stable-after", "2", "-q"}, true, 30s);
+  auto r = cli({"launch", write_config(config), "--duration", "12", "--stable-after", "2", "-q"}, true, 40s);
   EXPECT_EQ(r.rc, 0) << r.out;
   auto delays = [&](const std::string& node) {
     std::vector<long> d;

@@ -111,7 +111,8 @@ struct SubscribeOptions {
   // How long after the producer's death the subscriber tries to find a new instance, and how
   // often (a rediscovery costs one shm_open).
   std::chrono::milliseconds reconnect_interval{20};
-  // Bound for CPU waits on a frame's ready fence (host backend).
+  // Bound for CPU waits on a frame's ready fence (host backend, and GPU streams with
+  // DIRECTPORT_GPU_WAITS=cpu); next() may wait this long past its own timeout for one frame.
   std::chrono::milliseconds ready_timeout{1000};
   // next() polls for a new frame this long before sleeping in the kernel: lower latency for
   // one busy core.

@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,10 +19,11 @@ namespace dp::platform {
 namespace {
 
 // A program named without a '/' is looked up in PATH here, before fork (execvp may allocate,
-// which a forked child of a threaded process must not). Unfound: the name as given, and the
-// child exits 127 as a shell would.
+// which a forked child of a threaded process must not). Unfound: empty, and the child exits 127
+// without an exec, as a shell would (never a file of that name in the working directory).
 std::string resolve_program(const std::string& name) {
   if (name.find('/') != std::string::npos) return name;
+  struct stat st {};
   const char* path = std::getenv("PATH");
   std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
   std::size_t start = 0;
@@ -30,10 +32,12 @@ std::string resolve_program(const std::string& name) {
     if (end == std::string::npos) end = dirs.size();
     std::string dir = dirs.substr(start, end - start);
     std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
-    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0) {
+      return candidate;
+    }
     start = end + 1;
   }
-  return name;
+  return {};
 }
 
 }  // namespace
@@ -62,7 +66,7 @@ Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
     if (::getppid() != parent) _exit(126);  // the parent died before prctl took effect
     if (p[1] >= 0) ::dup2(p[1], 1);         // dup2 clears O_CLOEXEC on the copy
     if (p[1] >= 0 && opts.merge_stderr) ::dup2(p[1], 2);
-    ::execv(program.c_str(), args.data());
+    if (!program.empty()) ::execv(program.c_str(), args.data());
     _exit(127);
   }
   Child c;
