@@ -476,6 +476,21 @@ TEST_F(CliMP, RestartBackoffStartsOverAfterAStableRun) {
   expect_clean();
 }
 
+TEST_F(CliMP, LaunchMpsWithoutTheMpsToolsSaysWhatIsMissing) {
+  for (const char* d : {"/usr/local/nvidia/bin", "/usr/bin"}) {
+    if (::access((std::string(d) + "/nvidia-cuda-mps-control").c_str(), X_OK) == 0) {
+      GTEST_SKIP() << "nvidia-cuda-mps-control is installed here: the MPS run is in scripts/gpu-check (graphs)";
+    }
+  }
+  ::unsetenv("CUDA_MPS_PIPE_DIRECTORY");
+  auto r = cli({"launch", write_config(host_graph()), "--mps", "--duration", "1", "-q"});
+  EXPECT_EQ(r.rc, 2) << r.out;
+  EXPECT_TRUE(has(r.out, "--mps: nvidia-cuda-mps-control was not found")) << r.out;
+  EXPECT_TRUE(has(r.out, "launch without --mps")) << r.out;
+  EXPECT_FALSE(has(r.out, "[launch] domain")) << "nothing may start:\n" << r.out;
+  expect_clean();
+}
+
 TEST_F(CliMP, RequiredNodeThatFailsForGoodStopsTheGraph) {
   // The source waits for 99 subscribers, so it never publishes; the sink wants 10 frames, gives
   // up after 0.5 s (exit 2), is restarted once, gives up again: failed for good.
