@@ -5,11 +5,13 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cerrno>
 #include <cstring>
 #include <iostream>
 #include <map>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "commands.hpp"
 #include "directport/core/discovery.hpp"
@@ -21,6 +23,31 @@
 #include "nodes.hpp"
 
 namespace dp::cli {
+namespace {
+std::vector<std::string> g_program_args;
+}  // namespace
+
+void set_program_args(int argc, char** argv) { g_program_args.assign(argv, argv + argc); }
+
+void exec_runner(const std::string& runner) {
+  char self[4096] = {};
+  if (::readlink("/proc/self/exe", self, sizeof self - 1) < 0) throw SystemError("readlink /proc/self/exe", errno);
+  std::string path = self;
+  path = path.substr(0, path.rfind('/') + 1) + runner;
+  if (::access(path.c_str(), X_OK) != 0) {
+    throw Error("this node type runs in " + runner + ", which is not next to this program (" + path +
+                "): it is built where LibTorch is found (scripts/setup installs it; DIRECTPORT_TORCH=0 skips it)");
+  }
+  std::vector<std::string> args = g_program_args;
+  if (args.empty()) throw PreconditionError("exec_runner before set_program_args");
+  args[0] = path;
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  ::execv(path.c_str(), argv.data());
+  throw SystemError("exec " + path, errno);
+}
 
 std::string node_types_help() {
   std::string out = "Node types and their params (-p KEY=VALUE; default in brackets):\n";
@@ -65,6 +92,10 @@ void add_node(CLI::App& app, int& exit_code) {
       if (eq == std::string::npos || eq == 0) throw ValidationError("--param '" + kv + "' is not KEY=VALUE");
       auto v = parse_json_input(kv.substr(eq + 1), "--param " + kv.substr(0, eq));
       params[kv.substr(0, eq)] = v.is_discarded() ? nlohmann::json(kv.substr(eq + 1)) : v;
+    }
+    if (const NodeType* t = NodeRegistry::instance().find(o->type); t && !t->run && !t->runner.empty()) {
+      validate_params(*t, params, "params");  // bad params are named here, before the hand-over
+      exec_runner(t->runner);                  // returns only by throwing
     }
     exit_code = run_node(o->type, o->name, domain, params);
   });

@@ -2,6 +2,8 @@
 // returns the exit code through the callback it installs.
 #pragma once
 
+#include <string>
+
 #include <CLI/CLI.hpp>
 
 namespace dp::cli {
@@ -10,6 +12,11 @@ void add_doctor(CLI::App& app, int& exit_code);
 void add_ls(CLI::App& app, int& exit_code);
 void add_inspect(CLI::App& app, int& exit_code);
 void add_node(CLI::App& app, int& exit_code);
+// The command line this program was started with (for exec_runner).
+void set_program_args(int argc, char** argv);
+// Replaces this process with the program `runner` next to this one, given the same arguments
+// (a node type whose body lives there: NodeType::runner). Returns only by throwing.
+[[noreturn]] void exec_runner(const std::string& runner);
 void add_demo(CLI::App& app, int& exit_code);
 void add_launch(CLI::App& app, int& exit_code);
 void add_top(CLI::App& app, int& exit_code);

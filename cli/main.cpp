@@ -9,6 +9,9 @@
 #if DIRECTPORT_HAS_TORCH
 #include "directport/student/student.hpp"
 #include "directport/teachers/torchscript.hpp"
+#elif defined(DIRECTPORT_TORCH_RUNNER)
+#include "directport/student/student_type.hpp"
+#include "directport/teachers/torchscript_spec.hpp"
 #endif
 #include "nodes.hpp"
 #include "directport/core/error.hpp"
@@ -26,7 +29,15 @@ int main(int argc, char** argv) {
 #if DIRECTPORT_HAS_TORCH
   dp::student::register_student_node(dp::NodeRegistry::instance());
   dp::teachers::register_torchscript_teacher(dp::NodeRegistry::instance());
+#elif defined(DIRECTPORT_TORCH_RUNNER)
+  // This program does not load LibTorch: its node types are described here and run in
+  // DIRECTPORT_TORCH_RUNNER (directport-torch), built from the same sources with LibTorch.
+  for (auto t : {dp::student::student_node_type(), dp::teachers::torchscript_node_type()}) {
+    t.runner = DIRECTPORT_TORCH_RUNNER;
+    dp::NodeRegistry::instance().add(std::move(t));
+  }
 #endif
+  dp::cli::set_program_args(argc, argv);
   dp::cli::add_doctor(app, exit_code);
   dp::cli::add_ls(app, exit_code);
   dp::cli::add_inspect(app, exit_code);

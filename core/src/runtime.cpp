@@ -57,7 +57,7 @@ NodeRegistry& NodeRegistry::instance() {
 }
 
 void NodeRegistry::add(NodeType t) {
-  DP_EXPECTS(!t.type.empty() && t.run, "a node type needs a name and a body");
+  DP_EXPECTS(!t.type.empty() && (t.run || !t.runner.empty()), "a node type needs a name and a body or a runner");
   if (types_.count(t.type)) throw PreconditionError("node type '" + t.type + "' is registered twice");
   auto name = t.type;
   types_.emplace(std::move(name), std::move(t));
@@ -105,6 +105,10 @@ int run_node(const std::string& type, const std::string& name, const std::string
     std::string known;
     for (auto& k : NodeRegistry::instance().types()) known += (known.empty() ? "" : ", ") + k;
     throw ValidationError("unknown node type '" + type + "' (known: " + known + ")");
+  }
+  if (!t->run) {
+    throw Error("node type '" + type + "' runs in " + t->runner + ", not in this program: run `" + t->runner +
+                " node " + type + " ...`");
   }
   auto checked = validate_params(*t, params, "params");
   struct sigaction sa {};

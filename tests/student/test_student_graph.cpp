@@ -2,10 +2,13 @@
 // compositor's fused stream, trains, publishes its prediction in the fused layout, writes its
 // CSV report and checkpoints; killed with SIGKILL, it is restarted by the launcher and resumes
 // from its last checkpoint.
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 #include <signal.h>
 
 #include <fstream>
+#include <iterator>
 #include <regex>
 
 #include "directport/core/discovery.hpp"
@@ -90,6 +93,26 @@ TEST_F(StudentMP, TrainsPublishesCheckpointsAndResumesAfterSigkill) {
       << "the student did not reach 60 steps; log:\n" << launch.log();
   auto info = student_info();
   EXPECT_GE(info["paired"].get<std::uint64_t>(), 60u);
+  // The student runs in directport-torch (handed over by exec, same process); the other nodes
+  // never load LibTorch.
+  {
+    auto exe = [](long long pid) {
+      char buf[4096] = {};
+      ssize_t n = ::readlink(("/proc/" + std::to_string(pid) + "/exe").c_str(), buf, sizeof buf - 1);
+      return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+    };
+    auto maps = [](long long pid) {
+      std::ifstream f("/proc/" + std::to_string(pid) + "/maps");
+      return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    };
+    const long long student = pid_of("student"), fuse = pid_of("fuse");
+    ASSERT_GT(student, 0);
+    ASSERT_GT(fuse, 0);
+    const std::string student_exe = exe(student);
+    EXPECT_EQ(student_exe.substr(student_exe.rfind('/') + 1), "directport-torch") << student_exe;
+    EXPECT_NE(maps(student).find("libtorch"), std::string::npos);
+    EXPECT_EQ(maps(fuse).find("libtorch"), std::string::npos) << "the compositor loaded LibTorch";
+  }
   // Its prediction has the fused stream's layout.
   {
     SubscribeOptions o;

@@ -39,6 +39,10 @@ struct NodeType {
   std::function<std::vector<std::string>(const nlohmann::json& params)> subscribes;
   // The node's body; returns the process exit code. Should return soon after stop_requested().
   std::function<int(NodeContext&)> run;
+  // Instead of `run`: the program, next to this one, whose `node` command runs this type (the
+  // LibTorch node types run in `directport-torch`, so that every other node starts without
+  // loading LibTorch). Configs are validated with the description alone.
+  std::string runner;
 };
 
 // What a running node gets from the runtime.

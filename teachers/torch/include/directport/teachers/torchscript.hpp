@@ -13,26 +13,9 @@
 
 #include "directport/core/runtime.hpp"
 #include "directport/core/types.hpp"
+#include "directport/teachers/torchscript_spec.hpp"
 
 namespace dp::teachers {
-
-struct TorchScriptSpec {
-  std::string model;
-  // Preprocessing, in this order: crop_last (keep the last N entries of the last dimension),
-  // resize (bilinear to [H, W], a [C, H, W] input), x * scale + offset, (x - mean[c]) / std[c],
-  // a leading batch dimension.
-  std::int64_t crop_last = 0;
-  std::optional<std::pair<std::int64_t, std::int64_t>> resize;
-  double scale = 1.0, offset = 0.0;
-  std::vector<double> mean, std;
-  bool batch = true;
-  std::vector<nlohmann::json> args;  // extra forward() arguments (numbers)
-  std::vector<std::int64_t> output_shape;
-  DType output_dtype = DType::f32;
-};
-
-// Checks the params of a `torchscript` node (errors name the key: "preprocess.std: ...").
-TorchScriptSpec parse_torchscript_params(const nlohmann::json& params);
 
 // The declared preprocessing applied to a frame (any dtype; result float32, same device).
 torch::Tensor preprocess(const TorchScriptSpec& spec, torch::Tensor frame);
