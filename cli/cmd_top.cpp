@@ -14,6 +14,7 @@
 #include "directport/core/discovery.hpp"
 #include "directport/core/error.hpp"
 #include "directport/core/names.hpp"
+#include "directport/cuda/device.hpp"
 #include "directport/platform/process.hpp"
 
 namespace dp::cli {
@@ -57,6 +58,10 @@ class Sampler {
   nlohmann::json sample() {
     nlohmann::json nodes = nlohmann::json::array();
     const std::int64_t now = platform::monotonic_ns();
+    // Each process's whole GPU memory (its own allocations, LibTorch's, the streams it maps),
+    // where NVML can tell; the streams it publishes are counted apart (gpu_stream_mib).
+    const auto gpu = cuda::gpu_available() ? cuda::process_gpu_memory()
+                                           : cuda::ProcessGpuMemory{false, "no usable GPU here", {}};
     const double hz = static_cast<double>(::sysconf(_SC_CLK_TCK));
     for (auto& n : list_nodes(domain_)) {
       nlohmann::json node{{"name", n.name},
@@ -79,6 +84,10 @@ class Sampler {
         }
         cpu_[key] = cur;
         node["rss_mib"] = static_cast<double>(rss_bytes(n.owner.pid)) / (1 << 20);
+        if (gpu.ok) {
+          auto it = gpu.bytes.find(n.owner.pid);
+          node["gpu_mib"] = it == gpu.bytes.end() ? 0.0 : static_cast<double>(it->second) / (1 << 20);
+        }
       }
       nlohmann::json streams = nlohmann::json::array();
       std::uint64_t gpu_bytes = 0;
@@ -138,7 +147,9 @@ class Sampler {
       node["streams"] = streams;
       nodes.push_back(node);
     }
-    return {{"domain", domain_}, {"nodes", nodes}};
+    nlohmann::json out{{"domain", domain_}, {"nodes", nodes}};
+    if (!gpu.ok) out["gpu_memory_unavailable"] = gpu.why;
+    return out;
   }
 
  private:
@@ -156,12 +167,16 @@ std::string fmt(const nlohmann::json& j, const char* key, const char* f) {
 
 void print_table(const nlohmann::json& s) {
   std::printf("directport top — domain %s — %zu nodes\n", s["domain"].get<std::string>().c_str(), s["nodes"].size());
-  std::printf("%-18s %8s %-8s %6s %8s %9s\n", "NODE", "PID", "LIVE", "CPU%", "RSS MiB", "GPU MiB");
+  std::printf("%-18s %8s %-8s %6s %8s %9s %10s\n", "NODE", "PID", "LIVE", "CPU%", "RSS MiB", "GPU MiB", "STREAM MiB");
   for (auto& n : s["nodes"]) {
-    std::printf("%-18s %8lld %-8s %6s %8s %9s  %s\n", n["name"].get<std::string>().c_str(), n["pid"].get<long long>(),
-                n["liveness"].get<std::string>().c_str(), fmt(n, "cpu_percent", "%.1f").c_str(),
-                fmt(n, "rss_mib", "%.1f").c_str(), fmt(n, "gpu_stream_mib", "%.1f").c_str(),
+    std::printf("%-18s %8lld %-8s %6s %8s %9s %10s  %s\n", n["name"].get<std::string>().c_str(),
+                n["pid"].get<long long>(), n["liveness"].get<std::string>().c_str(),
+                fmt(n, "cpu_percent", "%.1f").c_str(), fmt(n, "rss_mib", "%.1f").c_str(),
+                fmt(n, "gpu_mib", "%.1f").c_str(), fmt(n, "gpu_stream_mib", "%.1f").c_str(),
                 n.value("problem", "").c_str());
+  }
+  if (s.contains("gpu_memory_unavailable")) {
+    std::printf("(GPU MiB: %s)\n", s["gpu_memory_unavailable"].get<std::string>().c_str());
   }
   bool any_status = false;
   for (auto& n : s["nodes"]) any_status = any_status || n.contains("status");

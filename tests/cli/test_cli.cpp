@@ -723,7 +723,13 @@ TEST_F(CliMP, LsInspectAndTopOnALiveGraph) {
     EXPECT_EQ(n["liveness"], "live") << n;
     EXPECT_GT(n.value("rss_mib", 0.0), 0.0) << n;
     EXPECT_EQ(n["gpu_stream_mib"], 0.0) << "host streams use no GPU memory: " << n;
+    // A process's whole GPU memory comes from NVML where there is a GPU; host nodes use none.
+    if (n.contains("gpu_mib")) {
+      EXPECT_EQ(n["gpu_mib"], 0.0) << n;
+    }
   }
+  // Without it, the reason is there instead of a made-up figure.
+  EXPECT_TRUE(t.contains("gpu_memory_unavailable") != t["nodes"][0].contains("gpu_mib")) << t.dump(2);
   auto& tsrc = *find_named(t["nodes"], "source");
   EXPECT_EQ(tsrc["type"], "pattern-source");
   ASSERT_EQ(tsrc["streams"].size(), 1u);

@@ -1,5 +1,11 @@
 #include "directport/cuda/device.hpp"
 
+#include <dlfcn.h>
+#if __has_include(<nvml.h>)
+#include <nvml.h>
+#define DP_HAVE_NVML_HEADER 1
+#endif
+
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
@@ -136,6 +142,73 @@ FenceWaits fence_waits(int) {
   if (choice == "gpu") return {true, env && *env ? "DIRECTPORT_GPU_WAITS=gpu" : "the default"};
   if (choice == "cpu") return {false, "DIRECTPORT_GPU_WAITS=cpu"};
   throw ValidationError("DIRECTPORT_GPU_WAITS is '" + choice + "': use gpu (the default) or cpu");
+}
+
+ProcessGpuMemory process_gpu_memory() noexcept {
+#if DP_HAVE_NVML_HEADER
+  ProcessGpuMemory r;
+  // Opened once and kept: NVML's init is costly, and `top` asks every second.
+  struct Nvml {
+    decltype(&nvmlInit_v2) init = nullptr;
+    decltype(&nvmlDeviceGetCount_v2) count = nullptr;
+    decltype(&nvmlDeviceGetHandleByIndex_v2) handle = nullptr;
+    decltype(&nvmlDeviceGetComputeRunningProcesses_v3) processes = nullptr;
+    std::string why;
+  };
+  static const Nvml nvml = [] {
+    Nvml n;
+    void* lib = ::dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) {
+      n.why = "libnvidia-ml.so.1 (NVML, part of the NVIDIA driver) is not installed";
+      return n;
+    }
+    n.init = reinterpret_cast<decltype(&nvmlInit_v2)>(::dlsym(lib, "nvmlInit_v2"));
+    n.count = reinterpret_cast<decltype(&nvmlDeviceGetCount_v2)>(::dlsym(lib, "nvmlDeviceGetCount_v2"));
+    n.handle = reinterpret_cast<decltype(&nvmlDeviceGetHandleByIndex_v2)>(::dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
+    n.processes = reinterpret_cast<decltype(&nvmlDeviceGetComputeRunningProcesses_v3)>(
+        ::dlsym(lib, "nvmlDeviceGetComputeRunningProcesses_v3"));
+    if (!n.init || !n.count || !n.handle || !n.processes) {
+      n.why = "libnvidia-ml.so.1 lacks nvmlDeviceGetComputeRunningProcesses_v3 (driver too old)";
+      n.init = nullptr;
+    } else if (n.init() != NVML_SUCCESS) {
+      n.why = "nvmlInit failed";
+      n.init = nullptr;
+    }
+    return n;
+  }();
+  if (!nvml.init) {
+    r.why = nvml.why;
+    return r;
+  }
+  unsigned devices = 0;
+  if (nvml.count(&devices) != NVML_SUCCESS) {
+    r.why = "nvmlDeviceGetCount failed";
+    return r;
+  }
+  for (unsigned i = 0; i < devices; ++i) {
+    nvmlDevice_t d;
+    if (nvml.handle(i, &d) != NVML_SUCCESS) continue;
+    std::vector<nvmlProcessInfo_t> procs(64);
+    unsigned n = static_cast<unsigned>(procs.size());
+    nvmlReturn_t rc = nvml.processes(d, &n, procs.data());
+    if (rc == NVML_ERROR_INSUFFICIENT_SIZE) {
+      procs.resize(n + 16);
+      n = static_cast<unsigned>(procs.size());
+      rc = nvml.processes(d, &n, procs.data());
+    }
+    if (rc != NVML_SUCCESS) continue;
+    for (unsigned k = 0; k < n && k < procs.size(); ++k) {
+      // NVML_VALUE_NOT_AVAILABLE (all ones) where the driver cannot tell, e.g. some containers.
+      if (procs[k].usedGpuMemory != static_cast<unsigned long long>(-1)) {
+        r.bytes[static_cast<long long>(procs[k].pid)] += procs[k].usedGpuMemory;
+      }
+    }
+  }
+  r.ok = true;
+  return r;
+#else
+  return {false, "this build has no NVML header (nvml.h, the CUDA toolkit's NVML package)", {}};
+#endif
 }
 
 bool mps_enabled(int device) noexcept {

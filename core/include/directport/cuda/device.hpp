@@ -1,6 +1,8 @@
 // What this machine offers the GPU path, for `directport doctor` and for choosing defaults.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -30,5 +32,16 @@ FenceWaits fence_waits(int device);
 // own context and the GPU time-slices between them: a hand-off between processes then costs
 // context switches (docs/TRANSPORT.md, "Time-slicing and MPS").
 bool mps_enabled(int device) noexcept;
+
+// GPU memory in use per process (pid -> bytes, summed over devices), from NVML (libnvidia-ml,
+// part of the driver, opened at run time). Where it cannot be had, `ok` is false and `why` says
+// why: a build without NVML's header (it comes with the CUDA toolkit's NVML package), no
+// driver, or NVML refusing. Never throws.
+struct ProcessGpuMemory {
+  bool ok = false;
+  std::string why;
+  std::map<long long, std::uint64_t> bytes;
+};
+ProcessGpuMemory process_gpu_memory() noexcept;
 
 }  // namespace dp::cuda
