@@ -2,14 +2,11 @@
 // which sits next to this binary, with the arguments given.
 #include <unistd.h>
 
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "commands.hpp"
-#include "directport/core/error.hpp"
 
 namespace dp::cli {
 
@@ -20,13 +17,7 @@ void add_bench(CLI::App& app, int& exit_code) {
   cmd->prefix_command();  // everything after `bench` goes to the benchmark
   cmd->allow_extras();
   cmd->callback([cmd, &exit_code] {
-    char self[4096];
-    const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-    if (n < 0) throw SystemError("readlink /proc/self/exe", errno);
-    self[n] = '\0';
-    std::string dir(self);
-    dir.resize(dir.rfind('/'));
-    const std::string prog = dir + "/dp_bench_handoff";
+    const std::string prog = sibling_program("dp_bench_handoff");
     if (::access(prog.c_str(), X_OK) != 0) {
       std::fprintf(stderr,
                    "directport bench: %s is not there: the benchmarks are built with CUDA "
@@ -39,12 +30,7 @@ void add_bench(CLI::App& app, int& exit_code) {
     for (auto& a : cmd->remaining()) {
       if (a != "--") args.push_back(a);
     }
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::fflush(nullptr);
-    ::execv(prog.c_str(), argv.data());
-    throw SystemError("running " + prog, errno);
+    exec_program(std::move(args));
   });
 }
 

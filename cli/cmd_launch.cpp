@@ -30,7 +30,7 @@ class MpsDaemon {
       std::fprintf(stderr, "[launch] --mps: using the MPS server of CUDA_MPS_PIPE_DIRECTORY=%s\n", pipe);
       return;
     }
-    control_ = find_control();
+    control_ = platform::find_program("nvidia-cuda-mps-control", {"/usr/local/nvidia/bin", "/usr/bin"});
     if (control_.empty()) {
       throw ValidationError(
           "--mps: nvidia-cuda-mps-control was not found (PATH, /usr/local/nvidia/bin, /usr/bin); it comes with the "
@@ -76,25 +76,6 @@ class MpsDaemon {
   MpsDaemon& operator=(const MpsDaemon&) = delete;
 
  private:
-  static std::string find_control() {
-    std::vector<std::string> dirs;
-    if (const char* path = std::getenv("PATH")) {
-      std::string p = path;
-      for (std::size_t a = 0, b; a <= p.size(); a = b + 1) {
-        b = p.find(':', a);
-        if (b == std::string::npos) b = p.size();
-        if (b > a) dirs.push_back(p.substr(a, b - a));
-      }
-    }
-    dirs.push_back("/usr/local/nvidia/bin");
-    dirs.push_back("/usr/bin");
-    for (auto& d : dirs) {
-      std::string f = d + "/nvidia-cuda-mps-control";
-      struct stat st {};
-      if (::stat(f.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(f.c_str(), X_OK) == 0) return f;
-    }
-    return {};
-  }
   std::string control_;
   bool started_ = false;
 };
@@ -139,10 +120,8 @@ void add_launch(CLI::App& app, int& exit_code) {
       exit_code = 0;
       return;
     }
-    char self[4096] = {};
-    if (::readlink("/proc/self/exe", self, sizeof self - 1) < 0) throw SystemError("readlink /proc/self/exe", errno);
     LaunchOptions lo;
-    lo.self_exe = self;
+    lo.self_exe = self_exe();
     lo.progress = !o->quiet;
     lo.stable_run = std::chrono::milliseconds(static_cast<long long>(o->stable_after * 1000));
     if (o->duration > 0) lo.duration = std::chrono::milliseconds(static_cast<long long>(o->duration * 1000));

@@ -29,11 +29,29 @@ std::vector<std::string> g_program_args;
 
 void set_program_args(int argc, char** argv) { g_program_args.assign(argv, argv + argc); }
 
-void exec_runner(const std::string& runner) {
+std::string self_exe() {
   char self[4096] = {};
   if (::readlink("/proc/self/exe", self, sizeof self - 1) < 0) throw SystemError("readlink /proc/self/exe", errno);
-  std::string path = self;
-  path = path.substr(0, path.rfind('/') + 1) + runner;
+  return self;
+}
+
+std::string sibling_program(const std::string& name) {
+  std::string path = self_exe();
+  return path.substr(0, path.rfind('/') + 1) + name;
+}
+
+void exec_program(std::vector<std::string> args) {
+  DP_EXPECTS(!args.empty(), "exec_program needs a program");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(nullptr);
+  ::execv(args[0].c_str(), argv.data());
+  throw SystemError("exec " + args[0], errno);
+}
+
+void exec_runner(const std::string& runner) {
+  const std::string path = sibling_program(runner);
   if (::access(path.c_str(), X_OK) != 0) {
     throw Error("this node type runs in " + runner + ", which is not next to this program (" + path +
                 "): it is built where LibTorch is found (scripts/setup installs it; DIRECTPORT_TORCH=0 skips it)");
@@ -41,12 +59,7 @@ void exec_runner(const std::string& runner) {
   std::vector<std::string> args = g_program_args;
   if (args.empty()) throw PreconditionError("exec_runner before set_program_args");
   args[0] = path;
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::fflush(nullptr);
-  ::execv(path.c_str(), argv.data());
-  throw SystemError("exec " + path, errno);
+  exec_program(std::move(args));
 }
 
 std::string node_types_help() {
@@ -122,8 +135,7 @@ void add_demo(CLI::App& app, int& exit_code) {
     if (o->bytes % 8) throw ValidationError("--bytes must be a multiple of 8");
     std::string domain = o->domain.empty() ? "demo" + std::to_string(::getpid()) : o->domain;
     validate_name("domain", domain);
-    char self[4096] = {};
-    if (::readlink("/proc/self/exe", self, sizeof self - 1) < 0) throw SystemError("readlink /proc/self/exe", errno);
+    const std::string self = self_exe();
     auto spawn = [&](std::vector<std::string> args) {
       args.insert(args.begin(), self);
       return platform::Child::spawn(args);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -12,6 +13,11 @@ void add_doctor(CLI::App& app, int& exit_code);
 void add_ls(CLI::App& app, int& exit_code);
 void add_inspect(CLI::App& app, int& exit_code);
 void add_node(CLI::App& app, int& exit_code);
+// The path of this program (/proc/self/exe), and of a program installed next to it.
+std::string self_exe();
+std::string sibling_program(const std::string& name);
+// Replaces this process with `args[0]` given `args` (stdio flushed first). Returns only by throwing.
+[[noreturn]] void exec_program(std::vector<std::string> args);
 // The command line this program was started with (for exec_runner).
 void set_program_args(int argc, char** argv);
 // Replaces this process with the program `runner` next to this one, given the same arguments

@@ -13,6 +13,10 @@
 
 namespace dp::platform {
 
+// The path of the executable regular file `name` in PATH, then in `extra_dirs`; a name with a
+// '/' is returned as given. Empty when there is none (never a file in the working directory).
+std::string find_program(const std::string& name, const std::vector<std::string>& extra_dirs = {});
+
 class Child {
  public:
   struct Options {

@@ -16,36 +16,33 @@
 #include "directport/core/error.hpp"
 
 namespace dp::platform {
-namespace {
-
-// A program named without a '/' is looked up in PATH here, before fork (execvp may allocate,
-// which a forked child of a threaded process must not). Unfound: empty, and the child exits 127
-// without an exec, as a shell would (never a file of that name in the working directory).
-std::string resolve_program(const std::string& name) {
+std::string find_program(const std::string& name, const std::vector<std::string>& extra_dirs) {
   if (name.find('/') != std::string::npos) return name;
-  struct stat st {};
+  std::vector<std::string> dirs;
   const char* path = std::getenv("PATH");
-  std::string dirs = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
-  std::size_t start = 0;
-  while (start <= dirs.size()) {
-    std::size_t end = dirs.find(':', start);
-    if (end == std::string::npos) end = dirs.size();
-    std::string dir = dirs.substr(start, end - start);
-    std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+  const std::string p = path && *path ? path : "/usr/local/bin:/usr/bin:/bin";
+  for (std::size_t a = 0, b; a <= p.size(); a = b + 1) {
+    b = p.find(':', a);
+    if (b == std::string::npos) b = p.size();
+    dirs.push_back(b > a ? p.substr(a, b - a) : std::string("."));
+  }
+  dirs.insert(dirs.end(), extra_dirs.begin(), extra_dirs.end());
+  struct stat st {};
+  for (auto& d : dirs) {
+    const std::string candidate = d + "/" + name;
     if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0) {
       return candidate;
     }
-    start = end + 1;
   }
   return {};
 }
 
-}  // namespace
-
 Child Child::spawn(const std::vector<std::string>& argv, Options opts) {
   DP_EXPECTS(!argv.empty(), "Child::spawn needs a program");
   // Everything the child needs is prepared before fork: after it only async-signal-safe calls.
-  const std::string program = resolve_program(argv[0]);
+  // Looked up here, before fork (execvp may allocate, which a forked child of a threaded process
+  // must not). Unfound: the child exits 127 without an exec, as a shell would.
+  const std::string program = find_program(argv[0]);
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
