@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,10 +37,15 @@ std::pair<int, nlohmann::json> finish(Proc& p, std::chrono::seconds bound = std:
     p.signal(SIGKILL);
     rc = p.wait_for(std::chrono::seconds(10));
   }
+  // The report is the last line that is a whole JSON object (reports nest objects, so the last
+  // '{' of the output is not where it starts).
   nlohmann::json j;
-  const auto& out = p.output();
-  auto pos = out.rfind('{');
-  if (pos != std::string::npos) j = nlohmann::json::parse(out.substr(pos), nullptr, false);
+  std::istringstream lines(p.output());
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line.front() != '{') continue;
+    auto parsed = nlohmann::json::parse(line, nullptr, false);
+    if (!parsed.is_discarded() && parsed.is_object()) j = std::move(parsed);
+  }
   return {rc.value_or(-SIGKILL), j};
 }
 
