@@ -83,6 +83,8 @@ std::vector<std::string> remove_stale(const std::string& domain, std::chrono::se
       validate_manifest_header(seg.data(), seg.size());
     } catch (const ValidationError&) {
       valid = false;
+    } catch (const NotReadyError&) {  // header not published: being created, or its creator died first
+      valid = false;
     }
     bool gone = false;
     try {

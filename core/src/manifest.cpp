@@ -1,6 +1,7 @@
 #include "directport/core/manifest.hpp"
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <thread>
 
@@ -18,11 +19,33 @@ namespace {
 
 std::size_t round_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
 
+// The magic is the header's publication flag: written last with a release store, read first
+// with an acquire load, so a reader that sees it sees every field written before it.
+std::uint64_t load_magic(const void* header) {
+  if (reinterpret_cast<std::uintptr_t>(header) % alignof(std::uint64_t) == 0) {  // a mapped segment always is
+    return __atomic_load_n(static_cast<const std::uint64_t*>(header), __ATOMIC_ACQUIRE);
+  }
+  std::uint64_t m;  // a copy of an image (tests, the fuzzer): nobody writes it concurrently
+  std::memcpy(&m, header, sizeof m);
+  return m;
+}
+void store_magic(void* header) {
+  std::uint64_t m;
+  static_assert(sizeof m == sizeof protocol::ManifestHeader::magic, "the magic is 8 bytes");
+  std::memcpy(&m, protocol::kManifestMagic, sizeof m);
+  __atomic_store_n(static_cast<std::uint64_t*>(header), m, __ATOMIC_RELEASE);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------- validation
 
 void validate_manifest_header(const void* data, std::size_t size) {
+  // A segment between its creation and the release store of its magic (the last field written,
+  // manifest creation below) is one being created: not malformed, but not readable yet.
+  if (size == 0 || (size >= sizeof(ManifestHeader) && load_magic(data) == 0)) {
+    throw NotReadyError("manifest is still being created by its node (no header published yet); retry shortly");
+  }
   if (size < sizeof(ManifestHeader)) {
     throw ValidationError("manifest truncated: " + std::to_string(size) + " bytes, the header alone needs " +
                           std::to_string(sizeof(ManifestHeader)));
@@ -166,8 +189,7 @@ ManifestWriter ManifestWriter::create(const std::string& domain, const std::stri
       seg.disown_name();
       continue;
     }
-    auto* h = new (seg.data()) ManifestHeader{};
-    std::memcpy(h->magic, protocol::kManifestMagic, sizeof h->magic);
+    auto* h = new (seg.data()) ManifestHeader{};  // magic all zero: "being created" to readers
     h->abi_version = protocol::kAbiVersion;
     h->header_size = sizeof(ManifestHeader);
     h->total_size = total;
@@ -185,6 +207,7 @@ ManifestWriter ManifestWriter::create(const std::string& domain, const std::stri
     for (std::uint32_t i = 0; i < opts.control_capacity; ++i) {
       new (static_cast<char*>(seg.data()) + ctrl_off + i * sizeof(ControlBlock)) ControlBlock{};
     }
+    store_magic(h);  // last: publishes the header
     ManifestWriter w;
     w.seg_ = std::move(seg);
     w.domain_ = domain;

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <random>
 #include <thread>
+#include <type_traits>
 
 #include "directport/core/error.hpp"
 #include "directport/core/manifest.hpp"
@@ -279,8 +280,9 @@ TEST_F(ManifestImage, Truncated) {
   for (std::size_t n : {std::size_t(1), std::size_t(8), sizeof(ManifestHeader) - 1}) {
     expect_invalid("truncated", n);
   }
-  EXPECT_THROW(validate_manifest_header(data(), 0), ValidationError);
-  EXPECT_THROW(validate_manifest_header(nullptr, 0), ValidationError);
+  // Empty: a segment its node has created but not sized yet.
+  EXPECT_THROW(validate_manifest_header(data(), 0), NotReadyError);
+  EXPECT_THROW(validate_manifest_header(nullptr, 0), NotReadyError);
   // Header present, rest cut off: the size no longer matches.
   expect_invalid("bytes but the segment has", sizeof(ManifestHeader));
   expect_invalid("bytes but the segment has", size_ - 1);
@@ -289,8 +291,23 @@ TEST_F(ManifestImage, Truncated) {
 TEST_F(ManifestImage, WrongMagic) {
   h().magic[7] = '2';
   expect_invalid("bad magic");
-  std::memset(h().magic, 0, 8);
+  std::memset(h().magic, 0xff, 8);
   expect_invalid("bad magic");
+}
+
+// The magic is written last (a release store): a header without it is one being created, which
+// a reader must retry rather than refuse (a subscriber that met one during a graph's start-up
+// used to exit with "manifest has no owner pid").
+TEST_F(ManifestImage, ZeroMagicIsBeingCreatedNotMalformed) {
+  std::memset(h().magic, 0, 8);
+  h().pid = 0;
+  try {
+    validate_manifest_header(data(), size_);
+    FAIL() << "accepted a header whose magic is not published";
+  } catch (const NotReadyError& e) {
+    EXPECT_NE(std::string(e.what()).find("being created"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE((std::is_base_of_v<ValidationError, NotReadyError>)) << "callers rethrow ValidationError as fatal";
 }
 
 TEST_F(ManifestImage, WrongAbiVersionNamesBothVersions) {
@@ -586,9 +603,14 @@ class ManifestSegment : public test::DomainTest {
   }
 };
 
-TEST_F(ManifestSegment, EmptySegment) {
+TEST_F(ManifestSegment, EmptySegmentIsOneBeingCreated) {
   make("empty", "");
-  expect_open_fails("empty", "truncated");
+  EXPECT_THROW(ManifestReader::open(domain_, "empty"), NotReadyError);
+}
+
+TEST_F(ManifestSegment, ZeroedSegmentIsOneBeingCreated) {
+  make("zeroed", std::string(64 * 1024, '\0'));
+  EXPECT_THROW(ManifestReader::open(domain_, "zeroed"), NotReadyError);
 }
 
 TEST_F(ManifestSegment, TruncatedSegment) {

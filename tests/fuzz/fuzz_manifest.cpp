@@ -81,6 +81,8 @@ void read_like_a_reader(const std::uint8_t* image, std::size_t size) {
     dp::validate_manifest_header(image, size);
   } catch (const dp::ValidationError&) {
     return;
+  } catch (const dp::NotReadyError&) {  // empty, or the magic not published: one being created
+    return;
   }
   const auto& h = *reinterpret_cast<const ManifestHeader*>(image);
   check_header_invariants(h, size);

@@ -36,6 +36,13 @@ class ValidationError : public Error {
   using Error::Error;
 };
 
+// A peer's shared state is still being created (a manifest whose header is not published
+// yet): not malformed, retry a moment later.
+class NotReadyError : public Error {
+ public:
+  using Error::Error;
+};
+
 // A peer went away (EOF on its socket, process gone, heartbeat stale).
 class PeerGoneError : public Error {
  public:
