@@ -428,14 +428,36 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
               static_cast<unsigned long long>(frames));
   std::printf("%-11s %8s %3s %10s %10s %10s %10s %10s %9s %9s\n", "method", "size", "K", "cpu p50us", "cpu p99us",
               "gpu p50us", "gpu p99us", "frames/s", "cpu/f P", "cpu/f C");
+  // Written after every row, so a run stopped early (a time limit) still leaves what it measured;
+  // "complete" says whether every row ran.
+  auto save = [&](const json& rows, const json& ratios, bool complete) {
+    json doc{{"benchmark", "handoff"}, {"card", card}, {"frames", frames}, {"complete", complete}, {"rows", rows}, {"ratios", ratios}};
+    if (!json_path.empty()) std::ofstream(json_path) << doc.dump(2) << "\n";
+    if (!csv_path.empty()) {
+      std::ofstream csv(csv_path);
+      const std::vector<std::string> cols{"method", "bytes", "consumers", "frames", "ok", "lat_cpu_us_p50", "lat_cpu_us_p99",
+                                          "lat_gpu_us_p50", "lat_gpu_us_p99", "frames_per_s", "cpu_us_per_frame_producer",
+                                          "cpu_us_per_frame_consumer", "card"};
+      for (std::size_t i = 0; i < cols.size(); ++i) csv << (i ? "," : "") << cols[i];
+      csv << "\n";
+      for (auto& r : rows) {
+        for (std::size_t i = 0; i < cols.size(); ++i) {
+          const auto& v = r.contains(cols[i]) ? r[cols[i]] : json();
+          csv << (i ? "," : "") << (v.is_string() ? "\"" + v.get<std::string>() + "\"" : v.is_null() ? std::string() : v.dump());
+        }
+        csv << "\n";
+      }
+    }
+  };
   json rows = json::array();
   for (auto& kstr : ks) {
     for (auto& ss : sizes) {
       const std::uint64_t bytes = parse_size(ss), k = parse_size(kstr);
       // Large frames cost staging and the copies tens of ms each: fewer frames there.
-      const std::uint64_t f = bytes >= (256u << 20)  ? std::min<std::uint64_t>(frames, 60)
-                              : bytes >= (64u << 20) ? std::min<std::uint64_t>(frames, 300)
-                                                     : frames;
+      const std::uint64_t f = bytes >= (1u << 30)    ? std::min<std::uint64_t>(frames, 30)
+                              : bytes >= (256u << 20) ? std::min<std::uint64_t>(frames, 60)
+                              : bytes >= (64u << 20)  ? std::min<std::uint64_t>(frames, 300)
+                                                      : frames;
       for (auto& m : methods) {
         json row = m == "torch" ? run_torch(python, bytes, k, f) : run_native(m, bytes, k, f);
         row["card"] = card;
@@ -451,6 +473,7 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
         }
         std::fflush(stdout);
         rows.push_back(row);
+        save(rows, json::array(), false);
       }
     }
   }
@@ -470,23 +493,7 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
       ratios.push_back(q);
     }
   }
-  json doc{{"benchmark", "handoff"}, {"card", card}, {"frames", frames}, {"rows", rows}, {"ratios", ratios}};
-  if (!json_path.empty()) std::ofstream(json_path) << doc.dump(2) << "\n";
-  if (!csv_path.empty()) {
-    std::ofstream csv(csv_path);
-    const std::vector<std::string> cols{"method", "bytes", "consumers", "frames", "ok", "lat_cpu_us_p50", "lat_cpu_us_p99",
-                                        "lat_gpu_us_p50", "lat_gpu_us_p99", "frames_per_s", "cpu_us_per_frame_producer",
-                                        "cpu_us_per_frame_consumer", "card"};
-    for (std::size_t i = 0; i < cols.size(); ++i) csv << (i ? "," : "") << cols[i];
-    csv << "\n";
-    for (auto& r : rows) {
-      for (std::size_t i = 0; i < cols.size(); ++i) {
-        const auto& v = r.contains(cols[i]) ? r[cols[i]] : json();
-        csv << (i ? "," : "") << (v.is_string() ? "\"" + v.get<std::string>() + "\"" : v.is_null() ? std::string() : v.dump());
-      }
-      csv << "\n";
-    }
-  }
+  save(rows, ratios, true);
   return 0;
 }
 
@@ -502,7 +509,7 @@ int main(int argc, char** argv) {
   app.add_option("--methods", methods, "comma list of: directport, d2d, staging, ipc-open, torch, host");
   app.add_option("--sizes", sizes, "comma list of sizes: N, NK, NM, NG");
   app.add_option("--consumers", consumers, "comma list of consumer counts");
-  app.add_option("--frames", frames, "frames per phase (paced, then unpaced); at most 300 from 64M, 60 from 256M")->check(CLI::Range(20, 10000000));
+  app.add_option("--frames", frames, "frames per phase (paced, then unpaced); at most 300 from 64M, 60 from 256M, 30 at 1G")->check(CLI::Range(20, 10000000));
   app.add_option("--json", json_path, "write every row and ratio here");
   app.add_option("--csv", csv_path, "write every row here");
   app.add_option("--python", python, "python with torch, for the torch method");
