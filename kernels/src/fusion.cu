@@ -1,16 +1,21 @@
-// The CUDA fusion kernel (fusion.hpp). One launch writes the whole fused tensor: a 2-D grid,
-// y over channel planes (one per channel of a spatial teacher, one per vector teacher), x over
-// the elements of a plane. Each thread resamples, standardises, casts and stores its elements
-// and, where the teacher's statistics are updated this frame, adds them to per-block float64
-// partial sums, folded into the per-channel accumulators with one atomic per block. A second,
-// tiny kernel turns the accumulators into the running statistics and the (mean, scale) pairs
-// the next frame uses.
+// The CUDA fusion kernel (fusion.hpp). One launch writes the whole fused tensor. The grid is
+// y over work items (a group of up to kGroup channels of one teacher) and x over tiles of
+// kThreads output pixels. A thread computes the bilinear taps of its pixel once and then, for
+// each channel of its group, reads the four neighbours, standardises, casts and stores: the
+// taps are shared by every channel (a vision teacher's hundreds), indices within a plane are
+// 32-bit, and the input and output dtypes are template parameters, so the inner loop is a few
+// loads, a few rounded multiply-adds and a store. Where the teacher's statistics are updated this
+// frame, each channel's values go to shared memory and are summed per block after the loop
+// (float64), then folded into the per-channel float64 accumulators with one atomic per block and
+// channel. A second, tiny kernel turns the accumulators into the running statistics and the
+// (mean, scale) pairs the next frame uses.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/fusion.hpp"
@@ -20,7 +25,8 @@ namespace dp::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kElementsPerThread = 4;  // grid x is sized for about this many elements a thread
+constexpr int kWarps = kThreads / 32;
+constexpr int kGroup = 32;  // channels of one teacher per work item
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
@@ -37,12 +43,9 @@ struct TeacherDesc {
   std::uint64_t out_offset;
 };
 
-struct PlaneDesc {
+struct Item {
   int teacher;
-  int channel;  // -1: a vector teacher's plane (each element its own channel)
-  std::uint32_t elements;
-  std::uint64_t out_offset;
-  std::uint64_t in_offset;  // elements into the teacher's input
+  int c0, nc;  // channels [c0, c0 + nc) of a spatial teacher; a vector teacher: 0, C
 };
 
 struct LaunchArgs {
@@ -54,33 +57,51 @@ struct LaunchArgs {
   int out_dtype;
   int teachers;
   std::uint32_t grid_w;
+  std::uint32_t plane;  // grid_h * grid_w
   std::uint64_t mask_offset;
   const TeacherDesc* desc;
-  const PlaneDesc* planes;
+  const Item* items;
   double* acc1;
   double* acc2;
   const float* mean;
   const float* scale;
 };
 
-__device__ __forceinline__ float load(const void* p, int dtype, std::uint64_t i) {
-  if (dtype == kF16) return __half2float(static_cast<const __half*>(p)[i]);
-  if (dtype == kBF16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
-  return __ldg(static_cast<const float*>(p) + i);
-}
+template <typename T>
+__device__ __forceinline__ float ld(const T* p);
+template <>
+__device__ __forceinline__ float ld<float>(const float* p) { return __ldg(p); }
+template <>
+__device__ __forceinline__ float ld<__half>(const __half* p) { return __half2float(__ldg(p)); }
+template <>
+__device__ __forceinline__ float ld<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
 
-__device__ __forceinline__ void store(void* p, int dtype, std::uint64_t i, float v) {
+template <typename T>
+__device__ __forceinline__ void st(T* p, float v);
+template <>
+__device__ __forceinline__ void st<float>(float* p, float v) { *p = v; }
+template <>
+__device__ __forceinline__ void st<__half>(__half* p, float v) { *p = __float2half_rn(v); }
+template <>
+__device__ __forceinline__ void st<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ void store_any(void* p, int dtype, std::uint64_t i, float v) {
   if (dtype == kF16) {
-    static_cast<__half*>(p)[i] = __float2half_rn(v);
+    st(static_cast<__half*>(p) + i, v);
   } else if (dtype == kBF16) {
-    static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+    st(static_cast<__nv_bfloat16*>(p) + i, v);
   } else {
-    static_cast<float*>(p)[i] = v;
+    st(static_cast<float*>(p) + i, v);
   }
 }
 
-__device__ __forceinline__ double block_sum(double v, double* shared) {
+__device__ __forceinline__ double warp_sum(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;  // valid in lane 0
+}
+
+__device__ __forceinline__ double block_sum(double v, double* shared) {
+  v = warp_sum(v);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   __syncthreads();  // `shared` may still be read from a previous call
   if (lane == 0) shared[warp] = v;
@@ -88,67 +109,135 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
   v = 0.0;
   if (warp == 0) {
     v = lane < (blockDim.x >> 5) ? shared[lane] : 0.0;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    v = warp_sum(v);
   }
   return v;  // valid in thread 0
 }
 
-__global__ void __launch_bounds__(kThreads) fuse_kernel(LaunchArgs a) {
-  __shared__ double shared[kThreads / 32];
-  const PlaneDesc p = a.planes[blockIdx.y];
-  const TeacherDesc t = a.desc[p.teacher];
-  const bool present = (a.present >> p.teacher) & 1u;
-  const bool acc = (a.accumulate >> p.teacher) & 1u;
+// Shared scratch of a block for the statistics: each channel's values, one per thread (a row
+// padded by one word, so that the column reads below hit 32 different banks), then per-warp
+// partial sums.
+struct StatScratch {
+  float vals[kGroup][kThreads + 1];
+  double red[kWarps][kGroup][2];
+};
+
+// The channels [c0, c0 + nc) of a spatial teacher at one pixel per thread. Where the statistics
+// are kept, each value goes to shared memory (one store a channel, not a shuffle tree of 20
+// instructions, which made the load/store pipe the bottleneck) and the block reduces them
+// after the loop: lane k of warp j sums channel k over threads [32j, 32j + 32), in float64.
+template <typename TI, typename TO>
+__device__ __forceinline__ void spatial_item(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
+                                             StatScratch& sc) {
+  const std::uint32_t pix = blockIdx.x * kThreads + threadIdx.x;
+  const bool valid = pix < a.plane;
+  const std::uint32_t y = valid ? pix / a.grid_w : 0, x = valid ? pix - y * a.grid_w : 0;
+  const Tap ty = tap(t.ry, y, t.h), tx = tap(t.rx, x, t.w);
+  const auto w = static_cast<std::uint32_t>(t.w);
+  const std::uint32_t r0 = static_cast<std::uint32_t>(ty.i0) * w, r1 = static_cast<std::uint32_t>(ty.i1) * w;
+  const auto x0 = static_cast<std::uint32_t>(tx.i0), x1 = static_cast<std::uint32_t>(tx.i1);
+  const std::uint64_t in_plane = static_cast<std::uint64_t>(t.h) * static_cast<std::uint64_t>(t.w);
+  const TI* src = static_cast<const TI*>(a.in[it.teacher]) + std::uint64_t(it.c0) * in_plane;
+  TO* dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(it.c0) * a.plane + pix;
+  const unsigned ch0 = t.chan_base + it.c0;
+  for (int k = 0; k < it.nc; ++k, src += in_plane, dst += a.plane) {
+    float v = 0.0f;
+    if (valid) {
+      v = bilinear(ld(src + r0 + x0), ld(src + r0 + x1), ld(src + r1 + x0), ld(src + r1 + x1), ty, tx);
+      if (a.write) st(dst, standardise(v, a.mean[ch0 + k], a.scale[ch0 + k]));
+    }
+    if (acc) sc.vals[k][threadIdx.x] = v;
+  }
+  if (!acc) return;  // uniform over the block
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane < it.nc) {
+    double s1 = 0.0, s2 = 0.0;
+    const float* row = &sc.vals[lane][warp * 32];
+#pragma unroll 4
+    for (int i = 0; i < 32; ++i) {
+      const double v = row[i];
+      s1 += v;
+      s2 += v * v;
+    }
+    sc.red[warp][lane][0] = s1;
+    sc.red[warp][lane][1] = s2;
+  }
+  __syncthreads();
+  if (threadIdx.x < it.nc) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int j = 0; j < kWarps; ++j) {
+      s1 += sc.red[j][threadIdx.x][0];
+      s2 += sc.red[j][threadIdx.x][1];
+    }
+    atomicAdd(a.acc1 + ch0 + threadIdx.x, s1);
+    atomicAdd(a.acc2 + ch0 + threadIdx.x, s2);
+  }
+}
+
+template <typename TI>
+__device__ __forceinline__ void spatial_item_in(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
+                                                StatScratch& sc) {
+  if (a.out_dtype == kF16) {
+    spatial_item<TI, __half>(a, t, it, acc, sc);
+  } else if (a.out_dtype == kBF16) {
+    spatial_item<TI, __nv_bfloat16>(a, t, it, acc, sc);
+  } else {
+    spatial_item<TI, float>(a, t, it, acc, sc);
+  }
+}
+
+__device__ __forceinline__ float load_any(const void* p, int dtype, std::uint64_t i) {
+  if (dtype == kF16) return ld(static_cast<const __half*>(p) + i);
+  if (dtype == kBF16) return ld(static_cast<const __nv_bfloat16*>(p) + i);
+  return ld(static_cast<const float*>(p) + i);
+}
+
+__global__ void __launch_bounds__(kThreads, 4) fuse_kernel(LaunchArgs a) {
+  __shared__ StatScratch sc;
+  const Item it = a.items[blockIdx.y];
+  const TeacherDesc t = a.desc[it.teacher];
+  const bool present = (a.present >> it.teacher) & 1u;
+  const bool acc = (a.accumulate >> it.teacher) & 1u;
 
   if (a.write && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < a.teachers) {
-    store(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
+    store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
   }
-  const std::uint32_t stride = gridDim.x * blockDim.x;
-  const std::uint32_t first = blockIdx.x * blockDim.x + threadIdx.x;
+  const std::uint32_t first = blockIdx.x * kThreads;
+  const std::uint32_t extent = t.spatial ? a.plane : static_cast<std::uint32_t>(it.nc);
+  if (first >= extent) return;  // uniform over the block
+  const std::uint32_t e = first + threadIdx.x;
   if (!present) {  // uniform over the block
-    if (a.write) {
-      for (std::uint32_t e = first; e < p.elements; e += stride) store(a.out, a.out_dtype, p.out_offset + e, 0.0f);
+    if (a.write && e < extent) {
+      if (t.spatial) {
+        for (int k = 0; k < it.nc; ++k) {
+          store_any(a.out, a.out_dtype, t.out_offset + std::uint64_t(it.c0 + k) * a.plane + e, 0.0f);
+        }
+      } else {
+        store_any(a.out, a.out_dtype, t.out_offset + e, 0.0f);
+      }
     }
     return;
   }
   if (!a.write && !acc) return;
-  const void* in = a.in[p.teacher];
-  double s1 = 0.0, s2 = 0.0;
-  if (p.channel >= 0) {
-    const unsigned ch = t.chan_base + p.channel;
-    const float mean = a.write ? a.mean[ch] : 0.0f;
-    const float scale = a.write ? a.scale[ch] : 1.0f;
-    for (std::uint32_t e = first; e < p.elements; e += stride) {
-      const std::uint32_t y = e / a.grid_w, x = e - y * a.grid_w;
-      const Tap ty = tap(t.ry, y, t.h), tx = tap(t.rx, x, t.w);
-      const std::uint64_t r0 = p.in_offset + ty.i0 * t.w, r1 = p.in_offset + ty.i1 * t.w;
-      const float v = bilinear(load(in, t.dtype, r0 + tx.i0), load(in, t.dtype, r0 + tx.i1),
-                               load(in, t.dtype, r1 + tx.i0), load(in, t.dtype, r1 + tx.i1), ty, tx);
-      if (acc) {
-        s1 += v;
-        s2 += static_cast<double>(v) * v;
-      }
-      if (a.write) store(a.out, a.out_dtype, p.out_offset + e, standardise(v, mean, scale));
+  if (t.spatial) {
+    if (t.dtype == kF16) {
+      spatial_item_in<__half>(a, t, it, acc, sc);
+    } else if (t.dtype == kBF16) {
+      spatial_item_in<__nv_bfloat16>(a, t, it, acc, sc);
+    } else {
+      spatial_item_in<float>(a, t, it, acc, sc);
     }
-    if (acc) {
-      s1 = block_sum(s1, shared);
-      s2 = block_sum(s2, shared);
-      if (threadIdx.x == 0) {
-        atomicAdd(a.acc1 + ch, s1);
-        atomicAdd(a.acc2 + ch, s2);
-      }
-    }
-  } else {
-    for (std::uint32_t e = first; e < p.elements; e += stride) {
-      const unsigned ch = t.chan_base + e;
-      const float v = load(in, t.dtype, p.in_offset + e);
-      if (acc) {
-        a.acc1[ch] = v;  // one value per channel and frame: no other writer
-        a.acc2[ch] = static_cast<double>(v) * v;
-      }
-      if (a.write) store(a.out, a.out_dtype, p.out_offset + e, standardise(v, a.mean[ch], a.scale[ch]));
-    }
+    return;
   }
+  if (e >= extent) return;
+  const unsigned ch = t.chan_base + e;  // a vector teacher: each element its own channel
+  const float v = load_any(a.in[it.teacher], t.dtype, e);
+  if (acc) {
+    a.acc1[ch] = v;  // one value per channel and frame: no other writer
+    a.acc2[ch] = static_cast<double>(v) * v;
+  }
+  if (a.write) store_any(a.out, a.out_dtype, t.out_offset + e, standardise(v, a.mean[ch], a.scale[ch]));
 }
 
 struct FinalizeArgs {
@@ -204,15 +293,15 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeArgs a) {
 
 struct FusionGpu::Device {
   TeacherDesc* desc = nullptr;
-  PlaneDesc* planes = nullptr;
+  Item* items = nullptr;
   double* stats = nullptr;  // m1, m2, acc1, acc2: total_channels each
   float* norm = nullptr;    // mean, scale
-  unsigned plane_count = 0;
+  unsigned item_count = 0;
   unsigned grid_x = 1;
   std::size_t channels = 0;
   ~Device() {
     cudaFree(desc);
-    cudaFree(planes);
+    cudaFree(items);
     cudaFree(stats);
     cudaFree(norm);
   }
@@ -228,8 +317,14 @@ FusionGpu::FusionGpu(FusionLayout layout)
     : layout_(std::move(layout)), frames_(layout_.teachers(), 0), dev_(std::make_unique<Device>()) {
   const auto& L = layout_;
   std::vector<TeacherDesc> desc;
-  std::vector<PlaneDesc> planes;
-  std::uint32_t largest = 1;
+  std::vector<Item> items;
+  const std::int64_t plane = L.grid_h() * L.grid_w();
+  constexpr auto kMax32 = static_cast<std::int64_t>(std::numeric_limits<std::int32_t>::max());
+  if (plane > kMax32) {
+    throw ValidationError("fusion grid " + std::to_string(L.grid_h()) + "x" + std::to_string(L.grid_w()) +
+                          " has more than 2^31 elements a channel; the kernel indexes a plane with 32 bits");
+  }
+  std::int64_t largest = plane;
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     const auto& in = L.inputs()[i];
     TeacherDesc d{};
@@ -245,28 +340,30 @@ FusionGpu::FusionGpu(FusionLayout layout)
     d.out_offset = L.offset(i);
     desc.push_back(d);
     if (in.spatial()) {
-      const auto per = static_cast<std::uint32_t>(L.grid_h() * L.grid_w());
-      for (int c = 0; c < d.channels; ++c) {
-        planes.push_back({static_cast<int>(i), c, per, d.out_offset + std::uint64_t(c) * per,
-                          std::uint64_t(c) * std::uint64_t(d.h * d.w)});
+      if (d.h * d.w > kMax32) {
+        throw ValidationError("fusion input " + std::to_string(i) + " has more than 2^31 elements a channel (" +
+                              std::to_string(d.h) + "x" + std::to_string(d.w) + "); the kernel indexes a plane with 32 bits");
       }
-      largest = std::max(largest, per);
+      for (int c = 0; c < d.channels; c += kGroup) items.push_back({static_cast<int>(i), c, std::min(kGroup, d.channels - c)});
     } else {
-      planes.push_back({static_cast<int>(i), -1, static_cast<std::uint32_t>(d.channels), d.out_offset, 0});
-      largest = std::max(largest, static_cast<std::uint32_t>(d.channels));
+      items.push_back({static_cast<int>(i), 0, d.channels});
+      largest = std::max<std::int64_t>(largest, d.channels);
     }
   }
+  if (items.size() > 65535) {
+    throw ValidationError("fusion layout has " + std::to_string(items.size()) + " groups of " + std::to_string(kGroup) +
+                          " channels; the kernel launches at most 65535 (fewer channels, or fewer teachers)");
+  }
   auto& D = *dev_;
-  D.plane_count = static_cast<unsigned>(planes.size());
+  D.item_count = static_cast<unsigned>(items.size());
   D.channels = L.total_channels();
-  const std::uint32_t per_block = kThreads * kElementsPerThread;
-  D.grid_x = std::max<std::uint32_t>(1, (largest + per_block - 1) / per_block);
+  D.grid_x = static_cast<unsigned>(std::max<std::int64_t>(1, (largest + kThreads - 1) / kThreads));
   DP_CUDA_CHECK(cudaMalloc(&D.desc, desc.size() * sizeof(TeacherDesc)));
-  DP_CUDA_CHECK(cudaMalloc(&D.planes, planes.size() * sizeof(PlaneDesc)));
+  DP_CUDA_CHECK(cudaMalloc(&D.items, items.size() * sizeof(Item)));
   DP_CUDA_CHECK(cudaMalloc(&D.stats, 4 * D.channels * sizeof(double)));
   DP_CUDA_CHECK(cudaMalloc(&D.norm, 2 * D.channels * sizeof(float)));
   DP_CUDA_CHECK(cudaMemcpy(D.desc, desc.data(), desc.size() * sizeof(TeacherDesc), cudaMemcpyHostToDevice));
-  DP_CUDA_CHECK(cudaMemcpy(D.planes, planes.data(), planes.size() * sizeof(PlaneDesc), cudaMemcpyHostToDevice));
+  DP_CUDA_CHECK(cudaMemcpy(D.items, items.data(), items.size() * sizeof(Item), cudaMemcpyHostToDevice));
   DP_CUDA_CHECK(cudaMemset(D.stats, 0, 4 * D.channels * sizeof(double)));
   std::vector<float> norm(2 * D.channels, 0.0f);
   std::fill(norm.begin() + static_cast<std::ptrdiff_t>(D.channels), norm.end(), 1.0f);
@@ -299,7 +396,8 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   a.grid_w = static_cast<std::uint32_t>(L.grid_w());
   a.mask_offset = L.mask_offset();
   a.desc = D.desc;
-  a.planes = D.planes;
+  a.items = D.items;
+  a.plane = static_cast<std::uint32_t>(L.grid_h() * L.grid_w());
   a.acc1 = D.acc1();
   a.acc2 = D.acc2();
   a.mean = D.mean();
@@ -316,7 +414,7 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   f.acc2 = D.acc2();
   f.mean = D.mean();
   f.scale = D.scale();
-  const dim3 grid(D.grid_x, D.plane_count);
+  const dim3 grid(D.grid_x, D.item_count);
   if (first) {
     // A teacher's first frame: its statistics first, so that it is standardised with them.
     a.write = 0;
