@@ -44,7 +44,9 @@ void validate_manifest_header(const void* data, std::size_t size) {
   // A segment between its creation and the release store of its magic (the last field written,
   // manifest creation below) is one being created: not malformed, but not readable yet.
   if (size == 0 || (size >= sizeof(ManifestHeader) && load_magic(data) == 0)) {
-    throw NotReadyError("manifest is still being created by its node (no header published yet); retry shortly");
+    throw NotReadyError(
+        "manifest is still being created by its node (no header published yet; retry shortly), or its creator died "
+        "first (discovery removes such a segment once its lock is free and it is 5 s old)");
   }
   if (size < sizeof(ManifestHeader)) {
     throw ValidationError("manifest truncated: " + std::to_string(size) + " bytes, the header alone needs " +
@@ -312,7 +314,8 @@ nlohmann::json ManifestReader::json() const {
     buf.assign(static_cast<const char*>(seg_.data()) + h.json_offset, n);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (h.generation.load(std::memory_order_relaxed) == g1) {
-      if (g1 == 0) throw ValidationError("manifest JSON not written yet (node still starting)");
+      // Published header, no JSON yet: the node is still setting up (its broker comes first).
+      if (g1 == 0) throw NotReadyError("manifest JSON not written yet (node still starting); retry shortly");
       return parse_manifest_json(buf.data(), buf.size(), h.control_capacity);
     }
   }
