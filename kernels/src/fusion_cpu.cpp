@@ -34,7 +34,8 @@ namespace {
 
 bool fusable(DType t) { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
 
-// Planes of the GPU launch are bounded by CUDA's grid y dimension; elements of a plane by int.
+// The layout's limits: channel planes in all (the GPU launch groups them by 32 into its grid's
+// y dimension, at most 65535, so this bound keeps well inside it); elements of a plane by int.
 constexpr std::size_t kMaxPlanes = 65535;
 constexpr std::int64_t kMaxGridSide = 16384;
 constexpr std::int64_t kMaxPlaneElements = std::int64_t(1) << 30;
