@@ -430,24 +430,32 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
               "gpu p50us", "gpu p99us", "frames/s", "cpu/f P", "cpu/f C");
   // Written after every row, so a run stopped early (a time limit) still leaves what it measured;
   // "complete" says whether every row ran.
+  // Each file is written whole beside its name and renamed over it, so a run killed mid-write
+  // leaves the previous version, never half a file.
+  auto replace = [](const std::string& path, const std::string& text) {
+    if (path.empty()) return;
+    const std::string tmp = path + ".tmp";
+    std::ofstream(tmp) << text;
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) std::perror(("dp_bench_handoff: writing " + path).c_str());
+  };
   auto save = [&](const json& rows, const json& ratios, bool complete) {
     json doc{{"benchmark", "handoff"}, {"card", card}, {"frames", frames}, {"complete", complete}, {"rows", rows}, {"ratios", ratios}};
-    if (!json_path.empty()) std::ofstream(json_path) << doc.dump(2) << "\n";
-    if (!csv_path.empty()) {
-      std::ofstream csv(csv_path);
-      const std::vector<std::string> cols{"method", "bytes", "consumers", "frames", "ok", "lat_cpu_us_p50", "lat_cpu_us_p99",
-                                          "lat_gpu_us_p50", "lat_gpu_us_p99", "frames_per_s", "cpu_us_per_frame_producer",
-                                          "cpu_us_per_frame_consumer", "card"};
-      for (std::size_t i = 0; i < cols.size(); ++i) csv << (i ? "," : "") << cols[i];
-      csv << "\n";
-      for (auto& r : rows) {
-        for (std::size_t i = 0; i < cols.size(); ++i) {
-          const auto& v = r.contains(cols[i]) ? r[cols[i]] : json();
-          csv << (i ? "," : "") << (v.is_string() ? "\"" + v.get<std::string>() + "\"" : v.is_null() ? std::string() : v.dump());
-        }
-        csv << "\n";
+    replace(json_path, doc.dump(2) + "\n");
+    if (csv_path.empty()) return;
+    std::ostringstream csv;
+    const std::vector<std::string> cols{"method", "bytes", "consumers", "frames", "ok", "lat_cpu_us_p50", "lat_cpu_us_p99",
+                                        "lat_gpu_us_p50", "lat_gpu_us_p99", "frames_per_s", "cpu_us_per_frame_producer",
+                                        "cpu_us_per_frame_consumer", "card"};
+    for (std::size_t i = 0; i < cols.size(); ++i) csv << (i ? "," : "") << cols[i];
+    csv << "\n";
+    for (auto& r : rows) {
+      for (std::size_t i = 0; i < cols.size(); ++i) {
+        const auto& v = r.contains(cols[i]) ? r[cols[i]] : json();
+        csv << (i ? "," : "") << (v.is_string() ? "\"" + v.get<std::string>() + "\"" : v.is_null() ? std::string() : v.dump());
       }
+      csv << "\n";
     }
+    replace(csv_path, csv.str());
   };
   json rows = json::array();
   for (auto& kstr : ks) {
