@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -27,6 +28,7 @@
 #include "directport/core/error.hpp"
 #include "directport/core/manifest.hpp"
 #include "directport/core/names.hpp"
+#include "directport/cuda/device.hpp"
 #include "directport/platform/child.hpp"
 #include "directport/platform/shm.hpp"
 #include "directport/platform/socket.hpp"
@@ -191,6 +193,11 @@ class Run {
   bool stopped_cleanly_ = false;
   int restarts_ = 0, unexpected_exits_ = 0, skipped_kills_ = 0, verification_lines_ = 0, owed_setup_kills_ = 0;
   std::uint64_t verified_ = 0, bad_ = 0, invalidated_ = 0, published_ = 0, sink_reconnects_ = 0;
+  // GPU memory in use on device 0 (NVML), for GPU streams: before the launch, at the start of
+  // the chaos phase, once the graph has settled after it, and after the stop.
+  json gpu_memory_ = json::object();
+  void sample_gpu_memory(const char* when);
+  void check_gpu_memory();
 };
 
 void Run::fail(const std::string& key, const std::string& msg) {
@@ -887,8 +894,49 @@ json Run::summary(const json& leak_report) {
           {"workdir", o_.workdir}};
 }
 
+void Run::sample_gpu_memory(const char* when) {
+  if (o_.memory == "host") return;
+  auto m = cuda::device_gpu_memory(0);
+  if (!m.ok) {
+    gpu_memory_["why"] = m.why;
+    return;
+  }
+  gpu_memory_[std::string(when) + "_mib"] = static_cast<double>(m.used) / (1 << 20);
+}
+
+// GPU memory that outlived its processes: a consumer that kept the mapping of every dead
+// producer instance, or an export the driver never freed. Two comparisons, each of states with
+// the same processes: the graph up at the start of the chaos phase against the graph up again
+// after it (every killed node restarted), and the device before the launch against after the
+// stop.
+void Run::check_gpu_memory() {
+  if (o_.memory == "host") {
+    gpu_memory_ = {{"measured", false}, {"why", "host memory: no GPU memory to account for"}};
+    return;
+  }
+  auto& g = gpu_memory_;
+  auto grown = [&](const char* a, const char* b, const char* what) {
+    if (!g.contains(a) || !g.contains(b)) return;
+    const double d = g[b].get<double>() - g[a].get<double>();
+    g[std::string("grown_") + what + "_mib"] = d;
+    if (d > o_.gpu_leak_mib) {
+      char m[256];
+      std::snprintf(m, sizeof m, "GPU memory grew by %.0f MiB %s (more than --gpu-leak-mib %.0f)", d,
+                    std::strcmp(what, "running") == 0 ? "from the start of the chaos phase to the settled graph after it"
+                                                      : "from before the launch to after the stop",
+                    o_.gpu_leak_mib);
+      fail(std::string("leak-gpu-") + what, m);
+    }
+  };
+  grown("chaos_start_mib", "settled_mib", "running");
+  grown("idle_mib", "stopped_mib", "stopped");
+  g["measured"] = g.contains("grown_running_mib") || g.contains("grown_stopped_mib");
+  if (!g["measured"].get<bool>() && !g.contains("why")) g["why"] = "the graph was not up at both sampling points";
+}
+
 int Run::go() {
   setup();
+  sample_gpu_memory("idle");
   std::printf("dp_chaos: domain %s, seed %llu, %d sources x %d sinks (%s, %.0f Hz, %llu B), %.1f s at %.2f kills/s\n",
               o_.domain.c_str(), static_cast<unsigned long long>(o_.seed), o_.sources, o_.sinks_per_source,
               o_.memory.c_str(), o_.rate_hz, static_cast<unsigned long long>(o_.bytes), o_.duration_s, o_.kill_rate);
@@ -909,6 +957,7 @@ int Run::go() {
     fail("warmup", "the graph did not come up within " + secs(o_.warmup_bound_s) + " s");
   } else {
     chaos_start_ = now();
+    sample_gpu_memory("chaos_start");
     chaos_end_ = chaos_start_ + o_.duration_s;
     for (auto& n : nodes_) n.recovered_t = chaos_start_;
     next_kill_ = chaos_start_ + (o_.kill_rate > 0 ? std::exponential_distribution<double>(o_.kill_rate)(rng_) : 0);
@@ -953,6 +1002,7 @@ int Run::go() {
       observe();
       std::this_thread::sleep_for(kObservePeriod);
     }
+    if (graph_up()) sample_gpu_memory("settled");
   }
   stop_launcher();
   for (auto& n : nodes_) {
@@ -968,6 +1018,9 @@ int Run::go() {
     fail("verified", "no sink verified any frame");
   }
   auto leak_report = leaks();
+  sample_gpu_memory("stopped");
+  check_gpu_memory();
+  leak_report["gpu_memory"] = gpu_memory_;
   auto s = summary(leak_report);
   log_.flush();
 
@@ -1000,6 +1053,15 @@ int Run::go() {
               static_cast<unsigned long long>(invalidated_), verification_lines_);
   std::printf("  leaks              %zu shm, %zu sockets, %zu processes\n", leak_report["shm"].size(),
               leak_report["sockets"].size(), leak_report["processes"].size());
+  if (gpu_memory_.value("measured", false)) {
+    auto mib = [&](const char* k) { return gpu_memory_.contains(k) ? num(gpu_memory_[k]) + " MiB" : std::string("-"); };
+    std::printf("  GPU memory         %s at the start of the chaos phase, %s settled after it (grown %s); "
+                "%s before the launch, %s after the stop (grown %s)\n",
+                mib("chaos_start_mib").c_str(), mib("settled_mib").c_str(), mib("grown_running_mib").c_str(),
+                mib("idle_mib").c_str(), mib("stopped_mib").c_str(), mib("grown_stopped_mib").c_str());
+  } else {
+    std::printf("  GPU memory         not measured: %s\n", gpu_memory_.value("why", std::string("?")).c_str());
+  }
   std::printf("  launcher           exit %s, %s\n",
               launcher_rc_ ? std::to_string(*launcher_rc_).c_str() : "-",
               stopped_cleanly_ ? "stopped cleanly" : "did NOT stop cleanly");

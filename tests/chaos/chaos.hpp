@@ -33,6 +33,7 @@ struct Options {
   double warmup_bound_s = 30;      // for the graph to come up before the chaos phase
   double stop_bound_s = 20;        // for the launcher to stop after SIGTERM
   int min_kills = 0;               // fewer kills than this is a failure (for CI: proves it ran)
+  double gpu_leak_mib = 64;        // GPU memory grown by more than this over the run is a leak
   std::string domain;              // default: a fresh one
   std::string directport;          // the binary (default: the one built beside dp_chaos)
   std::string json_path;           // write the JSON summary here

@@ -42,6 +42,11 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.1, 600.0));
   app.add_option("--hang-bound", o.hang_bound_s, "Seconds without progress that count as a hang")
       ->check(CLI::Range(0.5, 600.0));
+  app.add_option("--gpu-leak-mib", o.gpu_leak_mib,
+                 "GPU streams: device memory (NVML) grown by more than this many MiB between the start of "
+                 "the chaos phase and the settled graph after it, or between before the launch and after "
+                 "the stop, is a leak")
+      ->check(CLI::Range(0.0, 1e9));
   app.add_option("--min-kills", o.min_kills, "Fail unless at least this many kills happened")
       ->check(CLI::Range(0, 1000000));
   app.add_option("--domain,-d", o.domain, "Domain of the graph (default: a fresh one)");

@@ -90,6 +90,10 @@ TEST_F(ChaosMP, ShortHostRunPassesEveryCheck) {
   EXPECT_EQ(s["frames"]["bad"], 0);
   EXPECT_EQ(s["frames"]["failed_verification_lines"], 0);
   for (auto kind : {"shm", "sockets", "processes"}) EXPECT_EQ(s["leaks"][kind], json::array()) << kind;
+  // GPU memory is accounted for GPU streams only (NVML, on the GPU machine); here it says why not.
+  EXPECT_EQ(s["leaks"]["gpu_memory"]["measured"], false) << s["leaks"].dump(2);
+  EXPECT_NE(s["leaks"]["gpu_memory"]["why"].get<std::string>().find("host memory"), std::string::npos);
+  EXPECT_TRUE(r.out.find("GPU memory         not measured: host memory") != std::string::npos) << r.out;
   EXPECT_EQ(s["launcher"]["exit_code"], 0);
   EXPECT_EQ(s["launcher"]["stopped_cleanly"], true);
   EXPECT_TRUE(r.out.find("dp_chaos: PASS") != std::string::npos) << r.out;

@@ -144,17 +144,21 @@ FenceWaits fence_waits(int) {
   throw ValidationError("DIRECTPORT_GPU_WAITS is '" + choice + "': use gpu (the default) or cpu");
 }
 
-ProcessGpuMemory process_gpu_memory() noexcept {
 #if DP_HAVE_NVML_HEADER
-  ProcessGpuMemory r;
-  // Opened once and kept: NVML's init is costly, and `top` asks every second.
-  struct Nvml {
-    decltype(&nvmlInit_v2) init = nullptr;
-    decltype(&nvmlDeviceGetCount_v2) count = nullptr;
-    decltype(&nvmlDeviceGetHandleByIndex_v2) handle = nullptr;
-    decltype(&nvmlDeviceGetComputeRunningProcesses_v3) processes = nullptr;
-    std::string why;
-  };
+namespace {
+
+// NVML (libnvidia-ml, part of the driver), opened once and kept: its init is costly, and `top`
+// asks every second. `init` is null where it cannot be had, and `why` says why.
+struct Nvml {
+  decltype(&nvmlInit_v2) init = nullptr;
+  decltype(&nvmlDeviceGetCount_v2) count = nullptr;
+  decltype(&nvmlDeviceGetHandleByIndex_v2) handle = nullptr;
+  decltype(&nvmlDeviceGetComputeRunningProcesses_v3) processes = nullptr;
+  decltype(&nvmlDeviceGetMemoryInfo) memory = nullptr;
+  std::string why;
+};
+
+const Nvml& nvml() {
   static const Nvml nvml = [] {
     Nvml n;
     void* lib = ::dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
@@ -167,8 +171,9 @@ ProcessGpuMemory process_gpu_memory() noexcept {
     n.handle = reinterpret_cast<decltype(&nvmlDeviceGetHandleByIndex_v2)>(::dlsym(lib, "nvmlDeviceGetHandleByIndex_v2"));
     n.processes = reinterpret_cast<decltype(&nvmlDeviceGetComputeRunningProcesses_v3)>(
         ::dlsym(lib, "nvmlDeviceGetComputeRunningProcesses_v3"));
-    if (!n.init || !n.count || !n.handle || !n.processes) {
-      n.why = "libnvidia-ml.so.1 lacks nvmlDeviceGetComputeRunningProcesses_v3 (driver too old)";
+    n.memory = reinterpret_cast<decltype(&nvmlDeviceGetMemoryInfo)>(::dlsym(lib, "nvmlDeviceGetMemoryInfo"));
+    if (!n.init || !n.count || !n.handle || !n.processes || !n.memory) {
+      n.why = "libnvidia-ml.so.1 lacks nvmlDeviceGetComputeRunningProcesses_v3 or nvmlDeviceGetMemoryInfo (driver too old)";
       n.init = nullptr;
     } else if (n.init() != NVML_SUCCESS) {
       n.why = "nvmlInit failed";
@@ -176,25 +181,35 @@ ProcessGpuMemory process_gpu_memory() noexcept {
     }
     return n;
   }();
-  if (!nvml.init) {
-    r.why = nvml.why;
+  return nvml;
+}
+
+}  // namespace
+#endif
+
+ProcessGpuMemory process_gpu_memory() noexcept {
+#if DP_HAVE_NVML_HEADER
+  ProcessGpuMemory r;
+  const Nvml& nv = nvml();
+  if (!nv.init) {
+    r.why = nv.why;
     return r;
   }
   unsigned devices = 0;
-  if (nvml.count(&devices) != NVML_SUCCESS) {
+  if (nv.count(&devices) != NVML_SUCCESS) {
     r.why = "nvmlDeviceGetCount failed";
     return r;
   }
   for (unsigned i = 0; i < devices; ++i) {
     nvmlDevice_t d;
-    if (nvml.handle(i, &d) != NVML_SUCCESS) continue;
+    if (nv.handle(i, &d) != NVML_SUCCESS) continue;
     std::vector<nvmlProcessInfo_t> procs(64);
     unsigned n = static_cast<unsigned>(procs.size());
-    nvmlReturn_t rc = nvml.processes(d, &n, procs.data());
+    nvmlReturn_t rc = nv.processes(d, &n, procs.data());
     if (rc == NVML_ERROR_INSUFFICIENT_SIZE) {
       procs.resize(n + 16);
       n = static_cast<unsigned>(procs.size());
-      rc = nvml.processes(d, &n, procs.data());
+      rc = nv.processes(d, &n, procs.data());
     }
     if (rc != NVML_SUCCESS) continue;
     for (unsigned k = 0; k < n && k < procs.size(); ++k) {
@@ -209,6 +224,32 @@ ProcessGpuMemory process_gpu_memory() noexcept {
 #else
   return {false, "this build has no NVML header (nvml.h, the CUDA toolkit's NVML package)", {}};
 #endif
+}
+
+DeviceGpuMemory device_gpu_memory(int device) noexcept {
+  DeviceGpuMemory r;
+#if DP_HAVE_NVML_HEADER
+  const Nvml& nv = nvml();
+  if (!nv.init) {
+    r.why = nv.why;
+    return r;
+  }
+  nvmlDevice_t d;
+  nvmlMemory_t m{};
+  if (device < 0 || nv.handle(static_cast<unsigned>(device), &d) != NVML_SUCCESS) {
+    r.why = "NVML has no device " + std::to_string(device);
+  } else if (nv.memory(d, &m) != NVML_SUCCESS) {
+    r.why = "nvmlDeviceGetMemoryInfo failed";
+  } else {
+    r.ok = true;
+    r.used = m.used;
+    r.total = m.total;
+  }
+#else
+  (void)device;
+  r.why = "this build has no NVML header (nvml.h, the CUDA toolkit's NVML package)";
+#endif
+  return r;
 }
 
 bool mps_enabled(int device) noexcept {

@@ -24,6 +24,7 @@ bool gpu_available() noexcept { return false; }
 FenceWaits fence_waits(int) { return {true, "this build has no CUDA"}; }
 bool mps_enabled(int) noexcept { return false; }
 ProcessGpuMemory process_gpu_memory() noexcept { return {false, "this build has no CUDA", {}}; }
+DeviceGpuMemory device_gpu_memory(int) noexcept { return {false, "this build has no CUDA", 0, 0}; }
 nlohmann::json probe(bool) {
   return {{"built_with_cuda", false}, {"usable", false},
           {"reason", "this build has no CUDA (configured with DIRECTPORT_WITH_CUDA=OFF or without nvcc)"}};

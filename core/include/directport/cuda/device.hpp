@@ -44,4 +44,14 @@ struct ProcessGpuMemory {
 };
 ProcessGpuMemory process_gpu_memory() noexcept;
 
+// Memory in use on one device (NVML's numbering), all processes together; `ok` and `why` as
+// above. dp_chaos compares it before and after a run of kills to find GPU memory that outlived
+// the processes that allocated or imported it.
+struct DeviceGpuMemory {
+  bool ok = false;
+  std::string why;
+  std::uint64_t used = 0, total = 0;
+};
+DeviceGpuMemory device_gpu_memory(int device) noexcept;
+
 }  // namespace dp::cuda
