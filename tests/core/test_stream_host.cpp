@@ -375,6 +375,23 @@ TEST_F(StreamHost, SubscriberWaitsForAProducerThatStartsLater) {
   EXPECT_GT(published.load(), 0);
 }
 
+// A producer caught between publishing its manifest's header and writing its JSON: the
+// subscriber that does not wait must get the retryable NotReadyError, never a ValidationError,
+// which nodes treat as fatal (the distill graph's teachers exited on it at start-up on a GPU).
+TEST_F(StreamHost, AManifestBeingCreatedIsNotReadyNotMalformed) {
+  auto w = ManifestWriter::create(domain_, "early");  // header published, no JSON
+  auto opts = sub_opts();
+  opts.wait_for_producer = 0ms;
+  try {
+    Subscriber sub("early", "rgb", opts);
+    FAIL() << "subscribed to a manifest without JSON";
+  } catch (const ValidationError& e) {
+    FAIL() << "a manifest being created was taken for a malformed one: " << e.what();
+  } catch (const NotReadyError& e) {
+    EXPECT_NE(std::string(e.what()).find("still starting"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(StreamHost, SubscriberWaitGivesUpAfterItsBoundNamingTheCause) {
   auto opts = sub_opts();
   opts.wait_for_producer = 300ms;
