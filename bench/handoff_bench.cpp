@@ -89,6 +89,7 @@ struct Role {
   std::string method, domain;
   std::uint64_t bytes = 0, frames = 0, k = 1;
   int index = 0;
+  std::uint64_t spin_us = 0;  // consumers poll this long for a frame before sleeping
 };
 
 // Pacing: before frame `seq` (1-based), wait until every consumer has at most `window` - 1
@@ -228,6 +229,7 @@ int consumer(const Role& r) {
     SubscribeOptions o;
     o.domain = r.domain;
     o.client_name = "consumer" + std::to_string(r.index);
+    o.spin = std::chrono::microseconds(r.spin_us);
     for (int i = 0; !sub; ++i) {
       try {
         sub.emplace("producer", "bench", o);
@@ -270,6 +272,9 @@ int consumer(const Role& r) {
         sub->release(*f);
       }
     } else {
+      const auto spin_until = platform::monotonic_ns() + static_cast<std::int64_t>(r.spin_us) * 1000;
+      while (pg.ready.load(std::memory_order_acquire) < seq && platform::monotonic_ns() < spin_until) {
+      }
       while (pg.ready.load(std::memory_order_acquire) < seq) fence::host_wait(pg.ready, seq, std::chrono::seconds(30));
       if (r.method == "staging") {
         DP_CUDA_CHECK(cudaMemcpyAsync(dst, staging + slot * r.bytes, r.bytes, cudaMemcpyHostToDevice, cu->s));
@@ -316,13 +321,14 @@ int consumer(const Role& r) {
 
 // ------------------------------------------------------------------------------------- driver
 
-json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames) {
+json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames, std::uint64_t spin_us) {
   const std::string domain = "hb" + std::to_string(::getpid()) + "-" + method + "-" + std::to_string(bytes) + "-" + std::to_string(k);
   const std::size_t page_bytes = kPageBytes + (method == "staging" ? kRing * bytes : 0);
   auto page = platform::Segment::create_named(page_name(domain), page_bytes);
   new (page.data()) Page{};
   std::vector<std::string> common{"--method", method, "--domain", domain, "--bytes", std::to_string(bytes),
-                                  "--frames", std::to_string(frames), "--k", std::to_string(k)};
+                                  "--frames", std::to_string(frames), "--k", std::to_string(k),
+                                  "--spin-us", std::to_string(spin_us)};
   auto spawn = [&](std::vector<std::string> args) {
     args.insert(args.begin(), "/proc/self/exe");
     args.insert(args.end(), common.begin(), common.end());
@@ -413,7 +419,8 @@ std::string fmt(const json& v, int prec = 1) {
 }
 
 int driver(const std::vector<std::string>& methods, const std::vector<std::string>& sizes, const std::vector<std::string>& ks,
-           std::uint64_t frames, const std::string& json_path, const std::string& csv_path, const std::string& python) {
+           std::uint64_t frames, std::uint64_t spin_us, const std::string& json_path, const std::string& csv_path,
+           const std::string& python) {
   const bool need_gpu = std::any_of(methods.begin(), methods.end(), [](auto& m) { return m != "host"; });
   std::string card = "no GPU";
   auto probe = cuda::probe(false);
@@ -424,8 +431,8 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
                  probe.value("reason", std::string("?")).c_str());
     return 2;
   }
-  std::printf("handoff of one tensor from 1 producer to K consumers, on %s; %llu frames per phase\n", card.c_str(),
-              static_cast<unsigned long long>(frames));
+  std::printf("handoff of one tensor from 1 producer to K consumers, on %s; %llu frames per phase; consumers spin %llu us\n",
+              card.c_str(), static_cast<unsigned long long>(frames), static_cast<unsigned long long>(spin_us));
   std::printf("%-11s %8s %3s %10s %10s %10s %10s %10s %9s %9s\n", "method", "size", "K", "cpu p50us", "cpu p99us",
               "gpu p50us", "gpu p99us", "frames/s", "cpu/f P", "cpu/f C");
   // Written after every row, so a run stopped early (a time limit) still leaves what it measured;
@@ -439,7 +446,8 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
     if (std::rename(tmp.c_str(), path.c_str()) != 0) std::perror(("dp_bench_handoff: writing " + path).c_str());
   };
   auto save = [&](const json& rows, const json& ratios, bool complete) {
-    json doc{{"benchmark", "handoff"}, {"card", card}, {"frames", frames}, {"complete", complete}, {"rows", rows}, {"ratios", ratios}};
+    json doc{{"benchmark", "handoff"}, {"card", card}, {"frames", frames}, {"spin_us", spin_us}, {"complete", complete},
+           {"rows", rows}, {"ratios", ratios}};
     replace(json_path, doc.dump(2) + "\n");
     if (csv_path.empty()) return;
     std::ostringstream csv;
@@ -467,7 +475,7 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
                               : bytes >= (64u << 20)  ? std::min<std::uint64_t>(frames, 300)
                                                       : frames;
       for (auto& m : methods) {
-        json row = m == "torch" ? run_torch(python, bytes, k, f) : run_native(m, bytes, k, f);
+        json row = m == "torch" ? run_torch(python, bytes, k, f) : run_native(m, bytes, k, f, spin_us);
         row["card"] = card;
         row["size"] = ss;
         if (!row.value("ok", false)) {
@@ -521,6 +529,10 @@ int main(int argc, char** argv) {
   app.add_option("--json", json_path, "write every row and ratio here");
   app.add_option("--csv", csv_path, "write every row here");
   app.add_option("--python", python, "python with torch, for the torch method");
+  app.add_option("--spin-us", role.spin_us,
+                 "consumers poll for a frame this many microseconds before they sleep (default 0: every method "
+                 "sleeps in a futex; the torch method's queue always blocks)")
+      ->check(CLI::Range(0, 1000000));
   // Internal: the processes the driver starts.
   app.add_option("--role", role_name)->group("");
   app.add_option("--method", role.method)->group("");
@@ -549,7 +561,7 @@ int main(int argc, char** argv) {
       if (parse_size(k) > 64) throw ValidationError("--consumers: at most 64, got " + k);
     }
     if (ms.empty() || ss.empty() || ks.empty()) throw ValidationError("--methods, --sizes and --consumers need at least one entry");
-    return driver(ms, ss, ks, frames, json_path, csv_path, python);
+    return driver(ms, ss, ks, frames, role.spin_us, json_path, csv_path, python);
   } catch (const ValidationError& e) {
     std::fprintf(stderr, "dp_bench_handoff: %s\n", e.what());
     return 2;
