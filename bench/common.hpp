@@ -1,8 +1,10 @@
 // Small helpers shared by the benchmark programs.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -10,6 +12,17 @@
 #include "directport/core/error.hpp"
 
 namespace dp::bench {
+
+// Parses the command line: nullopt to go on, or the exit status (0 after --help, 2 for bad
+// options, CLI11's message printed) -- the one status for bad input that every tool here uses.
+inline std::optional<int> parse_args(CLI::App& app, int argc, char** argv) {
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  return std::nullopt;
+}
 
 // The p-quantile (0..1) of `v`, nearest rank; 0 for an empty sample.
 inline double pct(std::vector<double> v, double p) {

@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "common.hpp"
 #include "directport/core/error.hpp"
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/fusion.hpp"
@@ -130,7 +131,7 @@ int main(int argc, char** argv) {
   app.add_option("--python", python, "python with torch, for the PyTorch peer");
   app.add_flag("--no-torch", no_torch, "skip the PyTorch peer");
   app.add_flag("--no-compile", no_compile, "skip torch.compile (eager only)");
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
     const auto& avail = dp::cuda::availability();
     if (!avail.usable) {

@@ -540,7 +540,7 @@ int main(int argc, char** argv) {
   app.add_option("--bytes", role.bytes)->group("");
   app.add_option("--k", role.k)->group("");
   app.add_option("--index", role.index)->group("");
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
     if (!role_name.empty()) {
       role.frames = frames;

@@ -272,7 +272,7 @@ int main(int argc, char** argv) {
   app.add_option("--bytes", bytes)->group("");
   app.add_option("--k", k)->group("");
   app.add_option("--index", index)->group("");
-  CLI11_PARSE(app, argc, argv);
+  if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
     a.frames = parse_size(frames);
     if (!bytes.empty()) a.bytes = parse_size(bytes);

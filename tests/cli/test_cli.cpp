@@ -169,6 +169,9 @@ TEST_F(CliMP, BenchRunsTheHostMethodAndWritesJsonAndCsv) {
   std::ifstream jf(out + ".json");
   auto j = json::parse(jf, nullptr, false);
   ASSERT_FALSE(j.is_discarded());
+  EXPECT_EQ(j["complete"], true);
+  EXPECT_EQ(j["spin_us"], 0);
+  EXPECT_NE(::access((out + ".json.tmp").c_str(), F_OK), 0) << "the temporary file is renamed over the result";
   ASSERT_EQ(j["rows"].size(), 4u) << j.dump(2);
   for (auto& row : j["rows"]) {
     EXPECT_EQ(row["method"], "host");
@@ -192,6 +195,22 @@ TEST_F(CliMP, BenchRunsTheHostMethodAndWritesJsonAndCsv) {
   auto size = cli({"bench", "--methods", "host", "--sizes", "4Q"});
   EXPECT_EQ(size.rc, 2);
   EXPECT_TRUE(has(size.out, "size '4Q'")) << size.out;
+  auto spin_bad = cli({"bench", "--methods", "host", "--spin-us", "-5"});
+  EXPECT_EQ(spin_bad.rc, 2);
+  EXPECT_TRUE(has(spin_bad.out, "--spin-us")) << spin_bad.out;
+  // Polling consumers: same rows, the setting recorded.
+  auto spun = cli({"bench", "--methods", "host", "--sizes", "4K", "--consumers", "2", "--frames", "40", "--spin-us",
+                   "500", "--json", out + "-spin.json"},
+                  true, 60s);
+  files_.push_back(out + "-spin.json");
+  ASSERT_EQ(spun.rc, 0) << spun.out;
+  std::ifstream sf(out + "-spin.json");
+  auto sj = json::parse(sf, nullptr, false);
+  ASSERT_FALSE(sj.is_discarded());
+  EXPECT_EQ(sj["spin_us"], 500);
+  ASSERT_EQ(sj["rows"].size(), 1u) << sj.dump(2);
+  EXPECT_TRUE(sj["rows"][0]["ok"].get<bool>()) << sj.dump(2);
+  EXPECT_EQ(sj["rows"][0]["bad"], 0);
 }
 
 TEST_F(CliMP, HelpListsEverySubcommand) {
