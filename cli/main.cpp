@@ -49,7 +49,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // CLI11 prints the message; bad options exit 2 like every other bad input (docs/CONFIG.md),
+    // not with CLI11's own codes (106, 109, ...).
+    return app.exit(e) == 0 ? 0 : 2;
   } catch (const dp::ValidationError& e) {  // bad input: config, params, names, manifests
     std::fprintf(stderr, "directport: error: %s\n", e.what());
     return 2;

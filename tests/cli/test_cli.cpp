@@ -233,7 +233,7 @@ TEST_F(CliMP, UnknownOptionIsNamed) {
                                                          {"launch", "x.json", "--no-such-option"},
                                                          {"top", "--once", "--no-such-option"}}) {
     auto r = cli(args);
-    EXPECT_NE(r.rc, 0) << r.out;
+    EXPECT_EQ(r.rc, 2) << "bad input exits 2 (docs/CONFIG.md):\n" << r.out;
     EXPECT_TRUE(has(r.out, "--no-such-option")) << "the message must name the option:\n" << r.out;
   }
 }
