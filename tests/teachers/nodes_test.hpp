@@ -26,15 +26,9 @@ namespace dp::test {
 
 using namespace std::chrono_literals;
 
-class NodesTest : public DomainTest {
+// GraphTest: at the end, no process of the domain may have outlived the test.
+class NodesTest : public GraphTest {
  protected:
-  void TearDown() override {
-    auto left = processes_with_arg(domain_);
-    EXPECT_TRUE(left.empty()) << left.size() << " processes of the domain outlived the test";
-    for (int pid : left) ::kill(pid, SIGKILL);
-    DomainTest::TearDown();
-  }
-
   platform::Child node(const std::string& type, const std::string& name, const nlohmann::json& params) {
     return platform::Child::spawn({DP_CLI, "node", type, "-n", name, "-d", domain_, "--params-json", params.dump()}, {true, true});
   }
