@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <deque>
 #include <filesystem>
 #include <fstream>
@@ -915,21 +914,19 @@ void Run::check_gpu_memory() {
     return;
   }
   auto& g = gpu_memory_;
-  auto grown = [&](const char* a, const char* b, const char* what) {
+  auto grown = [&](const char* a, const char* b, const std::string& what, const char* between) {
     if (!g.contains(a) || !g.contains(b)) return;
     const double d = g[b].get<double>() - g[a].get<double>();
-    g[std::string("grown_") + what + "_mib"] = d;
+    g["grown_" + what + "_mib"] = d;
     if (d > o_.gpu_leak_mib) {
       char m[256];
-      std::snprintf(m, sizeof m, "GPU memory grew by %.0f MiB %s (more than --gpu-leak-mib %.0f)", d,
-                    std::strcmp(what, "running") == 0 ? "from the start of the chaos phase to the settled graph after it"
-                                                      : "from before the launch to after the stop",
+      std::snprintf(m, sizeof m, "GPU memory grew by %.0f MiB %s (more than --gpu-leak-mib %.0f)", d, between,
                     o_.gpu_leak_mib);
-      fail(std::string("leak-gpu-") + what, m);
+      fail("leak-gpu-" + what, m);
     }
   };
-  grown("chaos_start_mib", "settled_mib", "running");
-  grown("idle_mib", "stopped_mib", "stopped");
+  grown("chaos_start_mib", "settled_mib", "running", "from the start of the chaos phase to the settled graph after it");
+  grown("idle_mib", "stopped_mib", "stopped", "from before the launch to after the stop");
   g["measured"] = g.contains("grown_running_mib") || g.contains("grown_stopped_mib");
   if (!g["measured"].get<bool>() && !g.contains("why")) g["why"] = "the graph was not up at both sampling points";
 }
