@@ -32,8 +32,10 @@ namespace dp {
 inline constexpr std::size_t kMaxSubscriptionsPerStream = 64;
 
 // The wait for a producer of Node::subscribe(address) without options (SubscribeOptions::
-// wait_for_producer): longer than the launcher's longest restart back-off (8 s).
-inline constexpr std::chrono::milliseconds kDefaultProducerWait{10000};
+// wait_for_producer): longer than three of the launcher's longest restart back-offs (8 s each),
+// since a producer may die again while it starts (a GPU chaos run on an H200 saw a producer
+// gone 17.9 s, and consumers that had waited 10 s exit for nothing).
+inline constexpr std::chrono::milliseconds kDefaultProducerWait{30000};
 
 class Publisher {
  public:
