@@ -5,6 +5,7 @@
 #include "directport/core/error.hpp"
 #include "directport/core/fence.hpp"
 #include "directport/core/transport.hpp"
+#include "directport/cuda/device.hpp"
 
 namespace dp {
 namespace {
@@ -85,14 +86,33 @@ std::unique_ptr<ConsumerTransport> make_host_consumer_transport(TransportImport 
   return std::make_unique<HostConsumer>(std::move(imp));
 }
 
-std::unique_ptr<ProducerTransport> make_producer_transport(const StreamSpec& spec, const std::string& name) {
+namespace {
+// `automatic` for a GPU stream: CUDA where there is a usable GPU in a CUDA build, else Vulkan.
+bool use_vulkan(GpuApi api) {
+  if (api != GpuApi::automatic) return api == GpuApi::vulkan;
+  return !cuda::gpu_available();
+}
+}  // namespace
+
+std::unique_ptr<ProducerTransport> make_producer_transport(const StreamSpec& spec, const std::string& name, GpuApi api) {
   if (spec.memory == MemoryKind::host) return make_host_producer_transport(spec, name);
+  if (use_vulkan(api)) {
+    if (spec.memory != MemoryKind::vulkan) {
+      throw ValidationError("stream '" + spec.name + "': a Vulkan producer writes 'vulkan' memory, not '" +
+                            memory_kind_name(spec.memory) + "'");
+    }
+    return make_vulkan_producer_transport(spec, name);
+  }
   return make_cuda_producer_transport(spec, name);
 }
 
 std::unique_ptr<ConsumerTransport> make_consumer_transport(TransportImport imp) {
   if (imp.spec->memory == MemoryKind::host) return make_host_consumer_transport(std::move(imp));
+  if (use_vulkan(imp.api)) return make_vulkan_consumer_transport(std::move(imp));
   return make_cuda_consumer_transport(std::move(imp));
 }
+
+std::uint64_t vulkan_buffer_of(const ProducerTransport& t) { return t.vulkan_buffer(); }
+std::uint64_t vulkan_buffer_of(const ConsumerTransport& t) { return t.vulkan_buffer(); }
 
 }  // namespace dp

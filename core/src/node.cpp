@@ -71,7 +71,7 @@ Publisher* Node::find(const std::string& stream) {
   return nullptr;
 }
 
-Publisher& Node::advertise(StreamSpec spec) {
+Publisher& Node::advertise(StreamSpec spec, GpuApi api) {
   spec.validate();
   Publisher* made = nullptr;
   {
@@ -85,7 +85,7 @@ Publisher& Node::advertise(StreamSpec spec) {
                               std::to_string(manifest_.control_capacity()) +
                               " streams (NodeOptions::manifest.control_capacity)");
     }
-    publishers_.push_back(std::make_unique<Publisher>(spec, manifest_.control(index), index, opts_.name));
+    publishers_.push_back(std::make_unique<Publisher>(spec, manifest_.control(index), index, opts_.name, api));
     made = publishers_.back().get();
   }
   rewrite_manifest();

@@ -26,10 +26,10 @@ struct Publisher::Subscription {
 };
 
 Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
-                     const std::string& node_name)
+                     const std::string& node_name, GpuApi api)
     : spec_(std::move(spec)), control_(control), control_index_(control_index) {
   spec_.validate();
-  transport_ = make_producer_transport(spec_, node_name + "." + spec_.name);
+  transport_ = make_producer_transport(spec_, node_name + "." + spec_.name, api);
   new (&control_) protocol::ControlBlock{};
   control_.slot_count = spec_.slots;
   last_slot_ = spec_.slots - 1;
@@ -301,6 +301,8 @@ Subscriber::~Subscriber() = default;
 Subscriber::Subscriber(Subscriber&&) noexcept = default;
 Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 
+std::uint64_t Subscriber::vulkan_buffer() const { return conn_ ? conn_->transport->vulkan_buffer() : 0; }
+
 const StreamSpec& Subscriber::spec() const { return conn_ ? conn_->spec : last_spec_; }
 
 void Subscriber::connect(bool* settled) {
@@ -352,6 +354,7 @@ void Subscriber::connect(bool* settled) {
   imp.description = reply.body;
   imp.fds = std::move(reply.fds);
   imp.release_page = &c->page;
+  imp.api = opts_.api;
   c->transport = make_consumer_transport(std::move(imp));
   c->generation = ++generation_;
   c->dropped_base = c->control->dropped.load();

@@ -33,10 +33,13 @@ E parse_enum(const std::string& s, const std::array<std::pair<E, const char*>, N
   throw ValidationError(std::string("unknown ") + what + " '" + s + "' (valid: " + valid + ")");
 }
 
-constexpr std::array<std::pair<MemoryKind, const char*>, 3> kMemoryKinds{
-    {{MemoryKind::host, "host"}, {MemoryKind::cuda_vmm, "cuda-vmm"}, {MemoryKind::cuda_ipc, "cuda-ipc"}}};
-constexpr std::array<std::pair<FenceKind, const char*>, 2> kFenceKinds{
-    {{FenceKind::host_futex, "host-futex"}, {FenceKind::cuda_memop, "cuda-memop"}}};
+constexpr std::array<std::pair<MemoryKind, const char*>, 4> kMemoryKinds{{{MemoryKind::host, "host"},
+                                                                         {MemoryKind::cuda_vmm, "cuda-vmm"},
+                                                                         {MemoryKind::cuda_ipc, "cuda-ipc"},
+                                                                         {MemoryKind::vulkan, "vulkan"}}};
+constexpr std::array<std::pair<FenceKind, const char*>, 3> kFenceKinds{{{FenceKind::host_futex, "host-futex"},
+                                                                       {FenceKind::cuda_memop, "cuda-memop"},
+                                                                       {FenceKind::vulkan_timeline, "vulkan-timeline"}}};
 
 }  // namespace
 
@@ -83,12 +86,17 @@ void StreamSpec::validate() const {
     throw ValidationError(where + "slots must be 2.." + std::to_string(protocol::kMaxSlots) +
                           ", got " + std::to_string(slots));
   }
-  bool gpu_mem = memory != MemoryKind::host;
-  bool gpu_fence = fence != FenceKind::host_futex;
-  if (gpu_mem != gpu_fence) {
-    throw ValidationError(where + "memory '" + memory_kind_name(memory) + "' needs a " +
-                          (gpu_mem ? "cuda" : "host") + " fence kind, not '" +
-                          fence_kind_name(fence) + "'");
+  // host memory: host fences; CUDA memory: either GPU fence; Vulkan memory: the Vulkan fence
+  // (its producer may be a Vulkan program, which cannot signal CUDA's fences).
+  const bool fits = memory == MemoryKind::host     ? fence == FenceKind::host_futex
+                    : memory == MemoryKind::vulkan ? fence == FenceKind::vulkan_timeline
+                                                   : fence != FenceKind::host_futex;
+  if (!fits) {
+    const char* want = memory == MemoryKind::host     ? "'host-futex'"
+                       : memory == MemoryKind::vulkan ? "'vulkan-timeline'"
+                                                      : "'cuda-memop' or 'vulkan-timeline'";
+    throw ValidationError(where + "memory '" + memory_kind_name(memory) + "' needs the fence kind " + want +
+                          ", not '" + fence_kind_name(fence) + "'");
   }
   if (acquire_timeout.count() < 0 || acquire_timeout > std::chrono::seconds(60)) {
     throw ValidationError(where + "acquire_timeout must be 0..60 s");

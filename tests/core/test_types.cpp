@@ -129,6 +129,27 @@ TEST(Types, ValidateMemoryFenceMatch) {
   expect_invalid(s, "cuda-ipc");
 }
 
+TEST(Types, ValidateVulkanKinds) {
+  auto s = good();
+  s.memory = MemoryKind::vulkan;
+  s.fence = FenceKind::cuda_memop;  // a Vulkan writer cannot signal CUDA's fences
+  expect_invalid(s, "vulkan-timeline");
+  s.fence = FenceKind::host_futex;
+  expect_invalid(s, "vulkan-timeline");
+  s.fence = FenceKind::vulkan_timeline;
+  EXPECT_NO_THROW(s.validate());
+  s.memory = MemoryKind::cuda_vmm;  // CUDA memory, a semaphore Vulkan readers can wait on
+  EXPECT_NO_THROW(s.validate());
+  s.memory = MemoryKind::host;
+  expect_invalid(s, "host-futex");
+  EXPECT_EQ(parse_memory_kind("vulkan"), MemoryKind::vulkan);
+  EXPECT_EQ(parse_fence_kind("vulkan-timeline"), FenceKind::vulkan_timeline);
+  StreamSpec v = good();
+  v.memory = MemoryKind::vulkan;
+  v.fence = FenceKind::vulkan_timeline;
+  EXPECT_EQ(spec_to_json(spec_from_json(spec_to_json(v))), spec_to_json(v));
+}
+
 TEST(Types, ValidateAcquireTimeout) {
   auto s = good();
   s.acquire_timeout = std::chrono::microseconds(-1);

@@ -2,6 +2,9 @@
 // `cuda-ipc` (legacy cudaIpcMemHandle_t), both with `cuda-memop` fences: 64-bit timeline words in
 // host fence pages registered with the device, signalled with cuStreamWriteValue64 and waited on
 // with cuStreamWaitValue64 (GEQ): GPU to GPU with no CPU on the path.
+// With Vulkan (docs/VULKAN.md), CUDA is also the writer or reader of `vulkan` memory (imported with
+// cudaImportExternalMemory) and signals or waits on `vulkan-timeline` fences (a Vulkan timeline
+// semaphore imported with cudaImportExternalSemaphore; the ready words then mirror it).
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +21,7 @@
 #include "directport/cuda/device.hpp"
 #include "directport/cuda/driver.hpp"
 #include "directport/platform/process.hpp"
+#include "directport/vulkan/vulkan.hpp"
 
 namespace dp {
 namespace {
@@ -212,6 +216,91 @@ class Event {
   cudaEvent_t e_ = nullptr;
 };
 
+// Opaque-fd memory exported by Vulkan, imported and mapped as one buffer. CUDA's external-memory
+// API maps it read-write: the GPU does not enforce read-only access to `vulkan` memory
+// (docs/VULKAN.md says what that leaves).
+class ExternalMemory {
+ public:
+  ExternalMemory() = default;
+  ExternalMemory(platform::UniqueFd fd, std::size_t bytes, bool dedicated) {
+    cudaExternalMemoryHandleDesc d{};
+    d.type = cudaExternalMemoryHandleTypeOpaqueFd;
+    d.handle.fd = fd.get();
+    d.size = bytes;
+    d.flags = dedicated ? cudaExternalMemoryDedicated : 0;
+    DP_CUDA_CHECK(cudaImportExternalMemory(&ext_, &d));
+    fd.release();  // CUDA owns it now
+    cudaExternalMemoryBufferDesc b{};
+    b.offset = 0;
+    b.size = bytes;
+    cudaError_t rc = cudaExternalMemoryGetMappedBuffer(&ptr_, ext_, &b);
+    if (rc != cudaSuccess) {
+      cudaDestroyExternalMemory(ext_);
+      ext_ = nullptr;
+      DP_CUDA_CHECK(rc);
+    }
+  }
+  ExternalMemory(ExternalMemory&& o) noexcept : ext_(std::exchange(o.ext_, nullptr)), ptr_(std::exchange(o.ptr_, nullptr)) {}
+  ExternalMemory& operator=(ExternalMemory&& o) noexcept {
+    std::swap(ext_, o.ext_);
+    std::swap(ptr_, o.ptr_);
+    return *this;
+  }
+  ~ExternalMemory() {
+    if (ptr_ && cudaFree(ptr_) != cudaSuccess) log_cleanup_failure("cudaFree of an external memory mapping");
+    if (ext_ && cudaDestroyExternalMemory(ext_) != cudaSuccess) log_cleanup_failure("cudaDestroyExternalMemory");
+  }
+  void* get() const { return ptr_; }
+
+ private:
+  cudaExternalMemory_t ext_ = nullptr;
+  void* ptr_ = nullptr;
+};
+
+// A Vulkan timeline semaphore imported from an opaque fd, signalled and waited on CUDA streams.
+class ExternalSemaphore {
+ public:
+  ExternalSemaphore() = default;
+  explicit ExternalSemaphore(platform::UniqueFd fd) {
+    cudaExternalSemaphoreHandleDesc d{};
+    d.type = cudaExternalSemaphoreHandleTypeTimelineSemaphoreFd;
+    d.handle.fd = fd.get();
+    DP_CUDA_CHECK(cudaImportExternalSemaphore(&sem_, &d));
+    fd.release();  // CUDA owns it now
+  }
+  ExternalSemaphore(ExternalSemaphore&& o) noexcept : sem_(std::exchange(o.sem_, nullptr)) {}
+  ExternalSemaphore& operator=(ExternalSemaphore&& o) noexcept {
+    std::swap(sem_, o.sem_);
+    return *this;
+  }
+  ~ExternalSemaphore() {
+    if (sem_ && cudaDestroyExternalSemaphore(sem_) != cudaSuccess) log_cleanup_failure("cudaDestroyExternalSemaphore");
+  }
+  explicit operator bool() const { return sem_ != nullptr; }
+  void signal(cudaStream_t s, std::uint64_t v) {
+    cudaExternalSemaphoreSignalParams p{};
+    p.params.fence.value = v;
+    DP_CUDA_CHECK(cudaSignalExternalSemaphoresAsync(&sem_, &p, 1, s));
+  }
+  void wait(cudaStream_t s, std::uint64_t v) {
+    cudaExternalSemaphoreWaitParams p{};
+    p.params.fence.value = v;
+    DP_CUDA_CHECK(cudaWaitExternalSemaphoresAsync(&sem_, &p, 1, s));
+  }
+
+ private:
+  cudaExternalSemaphore_t sem_ = nullptr;
+};
+
+#if DIRECTPORT_HAS_VULKAN
+using VulkanContext = std::shared_ptr<vk::Context>;
+#else
+using VulkanContext = std::shared_ptr<void>;
+[[noreturn]] void no_vulkan(const StreamSpec& spec) {
+  throw vk::VulkanError("stream '" + spec.name + "' uses a Vulkan kind: " + vk::availability().reason);
+}
+#endif
+
 // ---------------------------------------------------------------- producer
 
 class CudaProducer final : public ProducerTransport {
@@ -239,6 +328,17 @@ class CudaProducer final : public ProducerTransport {
       int fd = -1;
       DP_CU_CHECK(cuMemExportToShareableHandle, &fd, handle_.get(), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
       mem_fd_ = platform::UniqueFd(fd);
+    } else if (spec.memory == MemoryKind::vulkan) {
+#if DIRECTPORT_HAS_VULKAN
+      vk_ = vk::Context::get(uuid_);
+      vk_mem_ = vk::Buffer(vk_, stride_ * spec.slots, vk::Buffer::Where::device_exportable);
+      bytes_ = vk_mem_.allocation_size();
+      mem_fd_ = vk_mem_.export_fd();
+      ext_mem_ = ExternalMemory(vk_mem_.export_fd(), bytes_, vk_mem_.dedicated());
+      base_ = reinterpret_cast<CUdeviceptr>(ext_mem_.get());
+#else
+      no_vulkan(spec);
+#endif
     } else {
       bytes_ = stride_ * spec.slots;
       void* p = nullptr;
@@ -252,6 +352,16 @@ class CudaProducer final : public ProducerTransport {
     ready_ = RegisteredPage(platform::Segment::create_anonymous("dp-ready-" + name, protocol::kFencePageBytes, false),
                             false);
     for (std::uint32_t i = 0; i < spec.slots; ++i) new (&ready_word(i)) protocol::AtomicU64(0);
+    if (spec.fence == FenceKind::vulkan_timeline) {
+#if DIRECTPORT_HAS_VULKAN
+      if (!vk_) vk_ = vk::Context::get(uuid_);
+      vk_sem_ = vk::Timeline(vk_, true);
+      sem_fd_ = vk_sem_.export_fd();
+      ext_sem_ = ExternalSemaphore(vk_sem_.export_fd());
+#else
+      no_vulkan(spec);
+#endif
+    }
   }
 
   ~CudaProducer() override {
@@ -263,15 +373,26 @@ class CudaProducer final : public ProducerTransport {
 
   void* slot_data(std::uint32_t slot) override { return reinterpret_cast<void*>(base_ + slot * stride_); }
   std::size_t slot_stride() const override { return stride_; }
+  // Memory (cuda-vmm, vulkan), ready page, semaphore (vulkan-timeline).
   std::vector<int> export_fds() const override {
-    if (spec_.memory == MemoryKind::cuda_vmm) return {mem_fd_.get(), ready_.segment().fd().get()};
-    return {ready_.segment().fd().get()};
+    std::vector<int> fds;
+    if (mem_fd_) fds.push_back(mem_fd_.get());
+    fds.push_back(ready_.segment().fd().get());
+    if (sem_fd_) fds.push_back(sem_fd_.get());
+    return fds;
   }
   nlohmann::json describe() const override {
     nlohmann::json j{{"device_uuid", uuid_}, {"memory_bytes", bytes_}, {"fence_handle", "posix-fd"}};
+    if (sem_fd_) j["semaphore_handle"] = "vulkan-timeline-opaque-fd";
     if (spec_.memory == MemoryKind::cuda_vmm) {
       j["memory_handle"] = "posix-fd";
       j["granularity"] = granularity_;
+    } else if (spec_.memory == MemoryKind::vulkan) {
+      j["memory_handle"] = "vulkan-opaque-fd";
+#if DIRECTPORT_HAS_VULKAN
+      j["dedicated"] = vk_mem_.dedicated();
+#endif
+      j["writer"] = "cuda";
     } else {
       static const char* hex = "0123456789abcdef";
       std::string h;
@@ -324,6 +445,9 @@ class CudaProducer final : public ProducerTransport {
     }
   }
   void signal_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq) override {
+    // vulkan-timeline: the semaphore first (Vulkan readers and CUDA readers' GPU waits), then
+    // its mirror in the ready page, in stream order.
+    if (ext_sem_) ext_sem_.signal(reinterpret_cast<cudaStream_t>(stream), seq);
     // The default (barrier) flavour orders the application's earlier writes before the value.
     DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq, 0);
   }
@@ -347,7 +471,15 @@ class CudaProducer final : public ProducerTransport {
   RuntimeMemory runtime_;
   CUdeviceptr base_ = 0;
   cudaIpcMemHandle_t ipc_{};
-  platform::UniqueFd mem_fd_;
+  // Vulkan objects before their CUDA imports: the imports go first.
+  VulkanContext vk_;
+#if DIRECTPORT_HAS_VULKAN
+  vk::Buffer vk_mem_;
+  vk::Timeline vk_sem_;
+#endif
+  ExternalMemory ext_mem_;
+  ExternalSemaphore ext_sem_;
+  platform::UniqueFd mem_fd_, sem_fd_;
   RegisteredPage ready_;
   std::mutex mu_;
   std::map<void*, PeerPage> pages_;
@@ -373,9 +505,16 @@ class CudaConsumer final : public ConsumerTransport {
     }
     bytes_ = d.at("memory_bytes").get<std::size_t>();
     if (bytes_ < stride_ * spec_.slots) throw ValidationError("stream memory smaller than its slots");
+    // Descriptors: memory (cuda-vmm, vulkan), ready page, semaphore (vulkan-timeline).
+    const bool timeline = spec_.fence == FenceKind::vulkan_timeline;
+    const std::size_t want_fds = (spec_.memory == MemoryKind::cuda_ipc ? 0 : 1) + 1 + (timeline ? 1 : 0);
+    if (imp.fds.size() != want_fds) {
+      throw ValidationError("stream '" + spec_.name + "' (" + memory_kind_name(spec_.memory) + ", " +
+                            fence_kind_name(spec_.fence) + ") needs " + std::to_string(want_fds) +
+                            " descriptors, the producer sent " + std::to_string(imp.fds.size()));
+    }
     std::size_t fence_index = 0;
     if (spec_.memory == MemoryKind::cuda_vmm) {
-      if (imp.fds.size() != 2) throw ValidationError("cuda-vmm stream needs 2 descriptors (memory, ready page)");
       std::size_t g = vmm_granularity(device_);
       if (bytes_ % g != 0) throw ValidationError("cuda-vmm memory size is not a multiple of the granularity");
       CUmemGenericAllocationHandle h = 0;
@@ -392,8 +531,11 @@ class CudaConsumer final : public ConsumerTransport {
       acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;  // read-only, enforced by the GPU
       DP_CU_CHECK(cuMemSetAccess, base_, bytes_, &acc, 1);
       fence_index = 1;
+    } else if (spec_.memory == MemoryKind::vulkan) {
+      ext_mem_ = ExternalMemory(std::move(imp.fds[0]), bytes_, d.value("dedicated", false));
+      base_ = reinterpret_cast<CUdeviceptr>(ext_mem_.get());
+      fence_index = 1;
     } else {
-      if (imp.fds.size() != 1) throw ValidationError("cuda-ipc stream needs 1 descriptor (ready page)");
       auto hex = d.at("ipc_handle").get<std::string>();
       if (hex.size() != 2 * sizeof(cudaIpcMemHandle_t)) throw ValidationError("malformed ipc_handle");
       cudaIpcMemHandle_t h{};
@@ -407,6 +549,7 @@ class CudaConsumer final : public ConsumerTransport {
     }
     ready_fd_ = std::move(imp.fds[fence_index]);
     ready_ = register_peer_page(ready_fd_, device_);
+    if (timeline) ext_sem_ = ExternalSemaphore(std::move(imp.fds[fence_index + 1]));
     DP_EXPECTS(imp.release_page != nullptr, "CUDA consumer needs its release page");
     own_base_ = static_cast<char*>(imp.release_page->data());
     own_ = RegisteredPage(platform::Segment::map_fd(imp.release_page->fd().dup(), protocol::kFencePageBytes,
@@ -419,6 +562,7 @@ class CudaConsumer final : public ConsumerTransport {
     // let this process's work drain before the members unmap the memory and unregister the
     // pages. A faulted context returns at once with its error.
     cudaDeviceSynchronize();
+    if (force_stream_) cudaStreamDestroy(force_stream_);
   }
 
   const void* slot_data(std::uint32_t slot) const override { return reinterpret_cast<const void*>(base_ + slot * stride_); }
@@ -427,8 +571,12 @@ class CudaConsumer final : public ConsumerTransport {
     // and nothing needs enqueuing.
     if (ready_value(slot) >= seq) return true;
     if (gpu_waits_) {
-      DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq,
-                  CU_STREAM_WAIT_VALUE_GEQ);
+      if (ext_sem_) {
+        ext_sem_.wait(reinterpret_cast<cudaStream_t>(stream), seq);
+      } else {
+        DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq,
+                    CU_STREAM_WAIT_VALUE_GEQ);
+      }
       return true;
     }
     // CPU wait on the same word (cuda::fence_waits): poll briefly, then in short sleeps. The
@@ -457,6 +605,14 @@ class CudaConsumer final : public ConsumerTransport {
       fence::host_signal(*reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(rw.data()) +
                                                                  slot * protocol::kFenceStride),
                          seq);
+      if (ext_sem_) {
+        // Our GPU waits are on the semaphore: raise it too, from a stream of our own (the
+        // watchdog's thread; the application's stream may be blocked on this very wait).
+        std::lock_guard<std::mutex> lock(force_mu_);
+        cuda::use_device(device_);
+        if (!force_stream_) DP_CUDA_CHECK(cudaStreamCreateWithFlags(&force_stream_, cudaStreamNonBlocking));
+        ext_sem_.signal(force_stream_, seq);
+      }
     } catch (const std::exception& e) {
       log_cleanup_failure(std::string("releasing a dead producer's ready fence: ") + e.what());
     }
@@ -472,6 +628,10 @@ class CudaConsumer final : public ConsumerTransport {
   VaMapping mapping_;
   RuntimeMemory runtime_;
   CUdeviceptr base_ = 0;
+  ExternalMemory ext_mem_;
+  ExternalSemaphore ext_sem_;
+  std::mutex force_mu_;
+  cudaStream_t force_stream_ = nullptr;
   platform::UniqueFd ready_fd_;
   RegisteredPage ready_;
   char* own_base_ = nullptr;

@@ -39,7 +39,9 @@ class Node {
   Node& operator=(const Node&) = delete;
 
   // Announces a stream. The returned publisher lives as long as the node.
-  Publisher& advertise(StreamSpec spec);
+  // `api`: what the application writes the frames with, where the stream's kinds allow more
+  // than one (docs/VULKAN.md).
+  Publisher& advertise(StreamSpec spec, GpuApi api = GpuApi::automatic);
   // Subscribes to "NODE/STREAM" in this node's domain, recording it in the manifest.
   // With no options, the subscriber waits up to kDefaultProducerWait for its producer (a node may
   // start before its producer, or while it restarts); with options, as they say (by default it

@@ -46,7 +46,7 @@ class Publisher {
   };
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
-            const std::string& node_name);
+            const std::string& node_name, GpuApi api = GpuApi::automatic);
   ~Publisher();
   Publisher(const Publisher&) = delete;
   Publisher& operator=(const Publisher&) = delete;
@@ -119,6 +119,9 @@ struct SubscribeOptions {
   // next() polls for a new frame this long before sleeping in the kernel: lower latency for
   // one busy core.
   std::chrono::microseconds spin{0};
+  // The API this process reads frames with (docs/VULKAN.md): a Vulkan reader gets Frame::data as
+  // the byte offset in vulkan_buffer().
+  GpuApi api = GpuApi::automatic;
 };
 
 class Subscriber {
@@ -151,6 +154,9 @@ class Subscriber {
   State state();
   // The stream's spec: the current connection's, or the last one's while the producer is gone.
   const StreamSpec& spec() const;
+  // For a Vulkan reader (SubscribeOptions::api): the VkBuffer over the stream's memory of the
+  // current connection (frames' data are offsets in it); 0 when not connected or not Vulkan.
+  std::uint64_t vulkan_buffer() const;
   Counters counters() const { return counters_; }
   std::string address() const { return node_ + "/" + stream_; }
 

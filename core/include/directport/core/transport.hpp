@@ -18,6 +18,11 @@
 
 namespace dp {
 
+// Which API a process writes or reads a stream's frames with, where its kinds allow more than
+// one (`vulkan` memory and `vulkan-timeline` fences: docs/VULKAN.md). `automatic`: CUDA where this
+// build and machine have it, Vulkan otherwise.
+enum class GpuApi : std::uint8_t { automatic, cuda, vulkan };
+
 // A subscription's release page as the producer sees it: mapped read-only; a writable mapping
 // is made only to release a dead consumer's pending fences.
 struct ReleasePageView {
@@ -50,6 +55,8 @@ class ProducerTransport {
   // be taken, its wait enqueued on our stream (wait_released). False: only once the release
   // has executed, seen on the CPU (cuda::fence_waits).
   virtual bool gpu_waits() const { return false; }
+  // The VkBuffer over the stream's memory, for a Vulkan writer; 0 otherwise.
+  virtual std::uint64_t vulkan_buffer() const { return 0; }
 };
 
 class ConsumerTransport {
@@ -66,6 +73,8 @@ class ConsumerTransport {
   virtual std::uint64_t ready_value(std::uint32_t slot) const = 0;
   // The producer is dead: raise ready[slot] to `seq` so that no GPU wait of ours stays blocked.
   virtual void force_ready(std::uint32_t slot, std::uint64_t seq) noexcept = 0;
+  // The VkBuffer over the stream's memory, for a Vulkan reader; 0 otherwise.
+  virtual std::uint64_t vulkan_buffer() const { return 0; }
 };
 
 struct TransportImport {
@@ -74,9 +83,11 @@ struct TransportImport {
   nlohmann::json description;           // the stream's manifest/reply fields
   std::vector<platform::UniqueFd> fds;  // memory, ready page
   platform::Segment* release_page = nullptr;  // the subscriber's own page (GPU: registered)
+  GpuApi api = GpuApi::automatic;
 };
 
-std::unique_ptr<ProducerTransport> make_producer_transport(const StreamSpec& spec, const std::string& debug_name);
+std::unique_ptr<ProducerTransport> make_producer_transport(const StreamSpec& spec, const std::string& debug_name,
+                                                           GpuApi api = GpuApi::automatic);
 std::unique_ptr<ConsumerTransport> make_consumer_transport(TransportImport imp);
 
 // Implemented in host_transport.cpp and cuda/cuda_transport.cpp.
@@ -84,5 +95,12 @@ std::unique_ptr<ProducerTransport> make_host_producer_transport(const StreamSpec
 std::unique_ptr<ConsumerTransport> make_host_consumer_transport(TransportImport imp);
 std::unique_ptr<ProducerTransport> make_cuda_producer_transport(const StreamSpec& spec, const std::string& debug_name);
 std::unique_ptr<ConsumerTransport> make_cuda_consumer_transport(TransportImport imp);
+// In vulkan/vulkan_transport.cpp (throw "not built" without the Vulkan headers).
+std::unique_ptr<ProducerTransport> make_vulkan_producer_transport(const StreamSpec& spec, const std::string& debug_name);
+std::unique_ptr<ConsumerTransport> make_vulkan_consumer_transport(TransportImport imp);
+// For the Vulkan transports: the stream's memory as a VkBuffer handle (0 for the others). Their
+// SlotLease::data and Frame::data hold the slot's byte offset in that buffer, not an address.
+std::uint64_t vulkan_buffer_of(const ProducerTransport& t);
+std::uint64_t vulkan_buffer_of(const ConsumerTransport& t);
 
 }  // namespace dp

@@ -16,13 +16,16 @@ std::size_t dtype_size(DType t);
 const char* dtype_name(DType t);
 DType parse_dtype(const std::string& s);  // throws ValidationError listing the valid names
 
-// Where a stream's slots live.
-enum class MemoryKind : std::uint8_t { host, cuda_vmm, cuda_ipc };
+// Where a stream's slots live. `vulkan`: Vulkan device memory exported as an opaque fd
+// (docs/VULKAN.md), written by a Vulkan or a CUDA producer.
+enum class MemoryKind : std::uint8_t { host, cuda_vmm, cuda_ipc, vulkan };
 const char* memory_kind_name(MemoryKind k);
 MemoryKind parse_memory_kind(const std::string& s);
 
-// How "ready"/"released" timelines are signalled.
-enum class FenceKind : std::uint8_t { host_futex, cuda_memop };
+// How "ready"/"released" timelines are signalled. `vulkan-timeline`: "ready" is an exportable
+// Vulkan timeline semaphore (its value the frame's seq) that CUDA imports; releases stay
+// 64-bit words in fence pages (docs/VULKAN.md).
+enum class FenceKind : std::uint8_t { host_futex, cuda_memop, vulkan_timeline };
 const char* fence_kind_name(FenceKind k);
 FenceKind parse_fence_kind(const std::string& s);
 
