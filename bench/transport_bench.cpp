@@ -1,6 +1,10 @@
 // dp_bench_transport: DirectPort's GPU handoff between processes, measured in one run on one card.
 //
-//   dp_bench_transport [--sizes 4K,1M,...] [--consumers 1,8] [--frames N] [--json FILE]
+//   dp_bench_transport [--sizes 4K,1M,...] [--consumers 1,8] [--frames N] [--fences KINDS] [--json FILE]
+//
+// --fences cuda-memop,vulkan-timeline measures the `vulkan-timeline` fence kind (docs/VULKAN.md:
+// a Vulkan timeline semaphore signalled and waited on CUDA streams) against the mem-op fences,
+// in the same run, on cuda-vmm memory.
 //
 // For each size and consumer count it starts one producer and K consumer processes (this binary,
 // re-executed with --role). The producer stamps %globaltimer into each frame with a kernel just
@@ -46,13 +50,14 @@ namespace {
 
 struct Args {
   std::string role = "driver", domain, sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8", json;
+  std::string fences = "cuda-memop", fence = "cuda-memop";
   std::uint64_t bytes = 0, frames = 2000, k = 1;
   int index = 0;
 };
 
 int producer(const Args& a) {
   cuda::use_device(0);
-  StreamSpec spec{"bench", DType::u8, {static_cast<std::int64_t>(a.bytes)}, 3, MemoryKind::cuda_vmm, FenceKind::cuda_memop};
+  StreamSpec spec{"bench", DType::u8, {static_cast<std::int64_t>(a.bytes)}, 3, MemoryKind::cuda_vmm, parse_fence_kind(a.fence)};
   spec.acquire_timeout = std::chrono::milliseconds(50);
   Node node({"producer", "bench-producer", a.domain});
   auto& pub = node.advertise(spec);
@@ -180,17 +185,19 @@ int driver_main(const Args& a) {
     return 2;
   }
   std::string card = probe["devices"][0]["name"];
-  std::printf("DirectPort transport benchmark on %s (cuda-vmm memory, cuda-memop fences)\n", card.c_str());
-  std::printf("%10s %4s %10s %10s %12s %10s %10s %10s %10s\n", "size", "K", "p50 us", "p99 us", "publish/s",
-              "acq cpu", "pub cpu", "next cpu", "rel cpu");
+  std::printf("DirectPort transport benchmark on %s (cuda-vmm memory; fences: %s)\n", card.c_str(), a.fences.c_str());
+  std::printf("%16s %10s %4s %10s %10s %12s %10s %10s %10s %10s\n", "fence", "size", "K", "p50 us", "p99 us",
+              "publish/s", "acq cpu", "pub cpu", "next cpu", "rel cpu");
   nlohmann::json rows = nlohmann::json::array();
+  for (auto& fence : split(a.fences)) {
+  parse_fence_kind(fence);  // a bad name fails here, before any process starts
   for (auto& ks : split(a.consumers)) {
     for (auto& ss : split(a.sizes)) {
       std::uint64_t bytes = parse_size(ss), k = parse_size(ks);
       std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
-      std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks;
+      std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks + "-" + fence.substr(0, 1);
       std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
-                                      std::to_string(frames), "--k", ks};
+                                      std::to_string(frames), "--k", ks, "--fence", fence};
       auto pa = common;
       pa.insert(pa.begin(), {"--role", "producer"});
       auto prod = spawn(pa);
@@ -215,8 +222,9 @@ int driver_main(const Args& a) {
       auto pj = collect(prod, ok);
       ok = ok && !pj.is_null() && cj.size() == k;
       if (!ok) {
-        std::printf("%10s %4s FAILED (a process exited badly or did not start)\n", ss.c_str(), ks.c_str());
-        rows.push_back({{"bytes", bytes}, {"consumers", k}, {"ok", false}});
+        std::printf("%16s %10s %4s FAILED (a process exited badly or did not start)\n", fence.c_str(), ss.c_str(),
+                    ks.c_str());
+        rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ok", false}});
         continue;
       }
       std::vector<double> p50, p99, nx, rl;
@@ -228,6 +236,7 @@ int driver_main(const Args& a) {
       }
       nlohmann::json row{{"bytes", bytes},
                          {"consumers", k},
+                         {"fence", fence},
                          {"ok", true},
                          {"card", card},
                          {"latency_us_p50", pct(p50, 0.5)},
@@ -239,7 +248,7 @@ int driver_main(const Args& a) {
                          {"release_cpu_us_p50", pct(rl, 0.5)},
                          {"dropped", pj["dropped"]},
                          {"per_consumer", cj}};
-      std::printf("%10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", ss.c_str(), ks.c_str(),
+      std::printf("%16s %10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", fence.c_str(), ss.c_str(), ks.c_str(),
                   row["latency_us_p50"].get<double>(), row["latency_us_p99"].get<double>(),
                   row["publishes_per_s"].get<double>(), row["acquire_cpu_us_p50"].get<double>(),
                   row["publish_cpu_us_p50"].get<double>(), row["next_cpu_us_p50"].get<double>(),
@@ -247,6 +256,7 @@ int driver_main(const Args& a) {
       std::fflush(stdout);
       rows.push_back(row);
     }
+  }
   }
   if (!a.json.empty()) {
     std::ofstream(a.json) << nlohmann::json{{"card", card}, {"benchmark", "transport"}, {"rows", rows}}.dump(2) << "\n";
@@ -265,6 +275,7 @@ int main(int argc, char** argv) {
   app.add_option("--consumers", a.consumers, "comma list of consumer counts");
   app.add_option("--frames", frames, "frames per phase (paced, then unpaced)");
   app.add_option("--json", a.json, "write the rows here");
+  app.add_option("--fences", a.fences, "comma list of fence kinds: cuda-memop, vulkan-timeline (docs/VULKAN.md)");
   // Internal: the processes the driver starts.
   std::string bytes, k, index;
   app.add_option("--role", a.role)->group("");
@@ -272,6 +283,7 @@ int main(int argc, char** argv) {
   app.add_option("--bytes", bytes)->group("");
   app.add_option("--k", k)->group("");
   app.add_option("--index", index)->group("");
+  app.add_option("--fence", a.fence)->group("");
   if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
     a.frames = parse_size(frames);

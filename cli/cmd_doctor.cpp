@@ -11,6 +11,7 @@
 #include "commands.hpp"
 #include "directport/core/error.hpp"
 #include "directport/cuda/device.hpp"
+#include "directport/vulkan/vulkan.hpp"
 #include "directport/platform/shm.hpp"
 #include "directport/platform/socket.hpp"
 
@@ -60,12 +61,12 @@ void add_doctor(CLI::App& app, int& exit_code) {
   cmd->add_flag("--json", o->json, "Print the report as JSON");
   cmd->add_flag("--no-measure", o->no_measure, "Skip the fence round-trip measurement on the GPU");
   cmd->callback([&exit_code, o] {
-    nlohmann::json r{{"host", host_checks()}, {"cuda", cuda::probe(!o->no_measure)}};
+    nlohmann::json r{{"host", host_checks()}, {"cuda", cuda::probe(!o->no_measure)}, {"vulkan", vk::describe()}};
     bool host_ok = true;
     for (auto& c : r["host"]) host_ok = host_ok && (c["ok"] || c["check"] == "memfd sealing");
     const auto& c = r["cuda"];
     bool gpu = c.value("usable", false);
-    r["verdict"] = {{"host_backend", host_ok}, {"gpu_path", gpu}};
+    r["verdict"] = {{"host_backend", host_ok}, {"gpu_path", gpu}, {"vulkan_kinds", r["vulkan"].value("usable", false)}};
     if (o->json) {
       std::cout << r.dump(2) << "\n";
     } else {
@@ -113,7 +114,23 @@ void add_doctor(CLI::App& app, int& exit_code) {
                       c["fences"].value("gpu_gpu_round_trip_us_device_words", 0.0));
         }
       }
-      std::printf("Verdict: host backend %s; GPU path %s\n", host_ok ? "ready" : "BROKEN", gpu ? "ready" : "unavailable");
+      const auto& v = r["vulkan"];
+      std::cout << "Vulkan kinds (memory 'vulkan', fence 'vulkan-timeline'; docs/VULKAN.md)\n";
+      if (v.contains("device")) {
+        auto yn = [&](const char* k) { return v.value(k, false) ? "yes" : "NO"; };
+        std::printf("  %s %s (%s), Vulkan %s\n      timeline semaphores %s, semaphore fd export %s, memory fd export %s, "
+                    "shaderInt64 %s, 64-bit atomics %s\n",
+                    v["device"].get<std::string>().c_str(), v["uuid"].get<std::string>().c_str(),
+                    v["driver"].get<std::string>().c_str(), v["api_version"].get<std::string>().c_str(), yn("timeline_semaphores"),
+                    yn("external_semaphore_fd"), yn("external_memory_fd"), yn("shader_int64"), yn("int64_atomics"));
+      }
+      if (v.value("usable", false)) {
+        std::printf("  [ ok ] available\n");
+      } else {
+        std::printf("  [ -- ] unavailable: %s\n", v.value("reason", std::string("?")).c_str());
+      }
+      std::printf("Verdict: host backend %s; GPU path %s; Vulkan kinds %s\n", host_ok ? "ready" : "BROKEN",
+                  gpu ? "ready" : "unavailable", v.value("usable", false) ? "ready" : "unavailable");
     }
     exit_code = host_ok ? 0 : 1;
   });

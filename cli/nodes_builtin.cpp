@@ -39,6 +39,20 @@ MemoryKind choose_memory(const std::string& m) {
   }
 }
 
+// "auto": the fence that goes with `memory` (host-futex, cuda-memop, vulkan-timeline for vulkan).
+FenceKind choose_fence(const std::string& f, MemoryKind memory) {
+  if (f == "auto") {
+    return memory == MemoryKind::host     ? FenceKind::host_futex
+           : memory == MemoryKind::vulkan ? FenceKind::vulkan_timeline
+                                          : FenceKind::cuda_memop;
+  }
+  try {
+    return parse_fence_kind(f);
+  } catch (const ValidationError& e) {
+    throw ValidationError(std::string(e.what()) + "; or 'auto' (the one that goes with the memory)");
+  }
+}
+
 #if DIRECTPORT_HAS_CUDA
 struct GpuScratch {
   cudaStream_t stream = nullptr;
@@ -90,7 +104,8 @@ int run_pattern_source(NodeContext& ctx) {
   spec.shape = {static_cast<std::int64_t>(bytes / 8)};
   spec.slots = p["slots"].get<std::uint32_t>();
   spec.memory = choose_memory(p["memory"].get<std::string>());
-  spec.fence = spec.memory == MemoryKind::host ? FenceKind::host_futex : FenceKind::cuda_memop;
+  spec.fence = choose_fence(p["fence"].get<std::string>(), spec.memory);
+  spec.validate();
   double rate = p["rate_hz"].get<double>();
   auto frames = p["frames"].get<std::uint64_t>();
   auto wait_subs = p["wait_subscribers"].get<std::uint64_t>();
@@ -98,8 +113,8 @@ int run_pattern_source(NodeContext& ctx) {
   Node& node = ctx.node();
   auto& pub = node.advertise(spec);
   node.set_running();
-  std::fprintf(stderr, "publishing %s/%s: %llu bytes, %s memory\n", name.c_str(), spec.name.c_str(),
-               static_cast<unsigned long long>(bytes), memory_kind_name(spec.memory));
+  std::fprintf(stderr, "publishing %s/%s: %llu bytes, %s memory, %s fences\n", name.c_str(), spec.name.c_str(),
+               static_cast<unsigned long long>(bytes), memory_kind_name(spec.memory), fence_kind_name(spec.fence));
   while (pub.counters().subscribers < wait_subs && NodeContext::sleep_for(std::chrono::milliseconds(5))) {
   }
 #if DIRECTPORT_HAS_CUDA
@@ -157,11 +172,23 @@ int run_checksum_sink(NodeContext& ctx) {
   auto hold_ms = p["hold_ms"].get<double>();
   // Test hook: write into the first frame received, which must fault (read-only mapping).
   auto write_probe = p["write_probe"].get<bool>();
+  const auto forward = p["forward"].get<std::string>();
 
   Node& node = ctx.node();
   auto sub = node.subscribe(from);
-  node.set_running();
   const bool on_gpu = sub.spec().memory != MemoryKind::host;
+  // Relay: every frame taken is copied, as it is, into a stream of ours (frame_id = its seq).
+  Publisher* relay = nullptr;
+  if (!forward.empty()) {
+    if (!on_gpu) throw ValidationError("param 'forward' relays GPU streams only; " + from + " is in host memory");
+    StreamSpec out = sub.spec();
+    out.name = forward;
+    out.memory = choose_memory(p["forward_memory"].get<std::string>());
+    out.fence = choose_fence(p["forward_fence"].get<std::string>(), out.memory);
+    out.layout = nullptr;
+    relay = &node.advertise(out, GpuApi::cuda);
+  }
+  node.set_running();
 #if DIRECTPORT_HAS_CUDA
   std::unique_ptr<GpuScratch> gpu;
   if (on_gpu) gpu = std::make_unique<GpuScratch>();
@@ -209,6 +236,12 @@ int run_checksum_sink(NodeContext& ctx) {
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
       kernels::verify_frame_gpu(f->data, f->bytes, f->seq, gpu->reduce, gpu->dev + 8, gs);
+      if (relay) {
+        if (auto lease = relay->acquire(gs)) {
+          DP_CUDA_CHECK(cudaMemcpyAsync(lease->data, f->data, f->bytes, cudaMemcpyDeviceToDevice, gpu->stream));
+          relay->publish(*lease, {f->seq, f->t_source_ns, 0}, gs);
+        }
+      }
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
       sub.release(*f, gs);
       const auto t_sync = std::chrono::steady_clock::now();
@@ -234,12 +267,12 @@ int run_checksum_sink(NodeContext& ctx) {
     }
   }
   auto c = sub.counters();
-  std::cout << nlohmann::json{{"node", name},         {"type", "checksum-sink"}, {"from", from},
-                              {"verified", ok},       {"bad", bad},              {"missed", c.missed},
-                              {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
-                              {"next_us", percentiles(next_us)}, {"sync_us", percentiles(sync_us)}}
-                   .dump()
-            << std::endl;
+  nlohmann::json report{{"node", name},         {"type", "checksum-sink"}, {"from", from},
+                        {"verified", ok},       {"bad", bad},              {"missed", c.missed},
+                        {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
+                        {"next_us", percentiles(next_us)}, {"sync_us", percentiles(sync_us)}};
+  if (relay) report["forwarded"] = relay->counters().published;
+  std::cout << report.dump() << std::endl;
   // Giving up for lack of frames is a failure: the launcher's restart policy decides what next.
   return bad == 0 && !gave_up && (frames == 0 || ok >= frames) ? 0 : 2;
 }
@@ -341,7 +374,8 @@ void register_builtin_nodes(NodeRegistry& r) {
   src.params = {{"stream", T::string, "frames", false, "name of the published stream"},
                 {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
                 {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
-                {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc"},
+                {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc | vulkan"},
+                {"fence", T::string, "auto", false, "auto | host-futex | cuda-memop | vulkan-timeline (for Vulkan readers)"},
                 {"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
                 {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
                 {"wait_subscribers", T::integer, 0, false, "publish only once this many consumers are there"}};
@@ -357,8 +391,14 @@ void register_builtin_nodes(NodeRegistry& r) {
                  {"frames", T::integer, 0, false, "stop after verifying this many (0: until stopped)"},
                  {"timeout_s", T::number, 10.0, false, "give up after this long without a frame"},
                  {"hold_ms", T::number, 0.0, false, "hold each frame this long (a slow consumer)"},
-                 {"write_probe", T::boolean, false, false, "test hook: write into the read-only mapping"}};
-  sink.publishes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
+                 {"write_probe", T::boolean, false, false, "test hook: write into the read-only mapping"},
+                 {"forward", T::string, "", false, "relay: publish a copy of every frame as this stream (GPU streams)"},
+                 {"forward_memory", T::string, "vulkan", false, "memory of the relayed stream (cuda-vmm | cuda-ipc | vulkan)"},
+                 {"forward_fence", T::string, "auto", false, "fence of the relayed stream (auto | cuda-memop | vulkan-timeline)"}};
+  sink.publishes = [](const nlohmann::json& p) {
+    auto f = p["forward"].get<std::string>();
+    return f.empty() ? std::vector<std::string>{} : std::vector<std::string>{f};
+  };
   sink.subscribes = [](const nlohmann::json& p) { return std::vector<std::string>{p["from"].get<std::string>()}; };
   sink.run = run_checksum_sink;
   r.add(std::move(sink));
@@ -380,6 +420,8 @@ void register_builtin_nodes(NodeRegistry& r) {
   ts.subscribes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
   ts.run = run_tensor_source;
   r.add(std::move(ts));
+
+  register_vulkan_nodes(r);
 }
 
 }  // namespace dp::cli
