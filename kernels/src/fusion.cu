@@ -1,14 +1,17 @@
 // The CUDA fusion kernel (fusion.hpp). One launch writes the whole fused tensor. The grid is
-// y over work items (a group of up to kGroup channels of one teacher) and x over tiles of
-// kThreads output pixels. A thread computes the bilinear taps of its pixel once and then, for
-// each channel of its group, reads the four neighbours, standardises, casts and stores: the
-// taps are shared by every channel (a vision teacher's hundreds), indices within a plane are
-// 32-bit, and the input and output dtypes are template parameters, so the inner loop is a few
-// loads, a few rounded multiply-adds and a store. Where the teacher's statistics are updated this
-// frame, each channel's values go to shared memory and are summed per block after the loop
-// (float64), then folded into the per-channel float64 accumulators with one atomic per block and
-// channel. A second, tiny kernel turns the accumulators into the running statistics and the
-// (mean, scale) pairs the next frame uses.
+// y over work items (a group of up to kGroup channels of one teacher) and x over tiles: for a
+// spatial teacher a tile of 32 output columns by kWarps * kRows rows, each warp kRows adjacent
+// rows of 32 adjacent columns; for a vector teacher kThreads elements. A thread computes its
+// column's horizontal taps and its rows' vertical taps once (the same for every channel of the
+// group; the vertical ones the same for the whole warp) and then, for each channel, loads each
+// input row it needs once (two values, interpolated horizontally), reuses it for the next output
+// row where the taps allow (an upsampled map: a few input rows for kRows output rows),
+// interpolates vertically, standardises, casts and stores. Indices within a plane are 32-bit and
+// the dtypes are template parameters. Where the teacher's statistics are updated this frame, each
+// thread sums its values (float64), each warp sums by shuffles, the block through shared memory,
+// then one atomic per block and channel into the per-channel float64 accumulators. A second, tiny
+// kernel turns the accumulators into the running statistics and the (mean, scale) pairs the next
+// frame uses.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -26,7 +29,8 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kGroup = 32;  // channels of one teacher per work item
+constexpr int kGroup = 16;  // channels of one teacher per work item
+constexpr int kRows = 4;    // output rows per warp (a spatial tile: 32 columns x kWarps * kRows rows)
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 
@@ -114,55 +118,96 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
   return v;  // valid in thread 0
 }
 
-// Shared scratch of a block for the statistics: each channel's values, one per thread (a row
-// padded by one word, so that the column reads below hit 32 different banks), then per-warp
-// partial sums.
+// Per-warp partial sums of the statistics: [warp][channel of the group][s1, s2].
 struct StatScratch {
-  float vals[kGroup][kThreads + 1];
   double red[kWarps][kGroup][2];
 };
 
-// The channels [c0, c0 + nc) of a spatial teacher at one pixel per thread. Where the statistics
-// are kept, each value goes to shared memory (one store a channel, not a shuffle tree of 20
-// instructions, which made the load/store pipe the bottleneck) and the block reduces them
-// after the loop: lane k of warp j sums channel k over threads [32j, 32j + 32), in float64.
+// One row of a channel at the thread's column: the raw value at x0 (bilinear()'s shortcut
+// when both fractions are 0) and the horizontal interpolation, as bilinear() computes it.
+struct RowVal {
+  float raw, h;
+};
+template <typename TI>
+__device__ __forceinline__ RowVal load_row(const TI* row, std::uint32_t x0, std::uint32_t x1, const Tap& tx) {
+  const float v0 = ld(row + x0);
+  const float v1 = x1 != x0 ? ld(row + x1) : v0;
+  return {v0, f_add(f_mul(tx.l0, v0), f_mul(tx.l1, v1))};
+}
+
+// The channels [c0, c0 + nc) of a spatial teacher over one tile: a warp covers 32 adjacent
+// columns and kRows adjacent rows, so a row's vertical taps are the same for the whole warp and
+// the horizontal interpolations of an input row are loaded once and reused by the output rows
+// that need it (an upsampled map needs few input rows for kRows output rows). Values are bit
+// for bit those of bilinear(). The statistics are summed per thread over its rows (float64),
+// per warp by shuffles, per block through shared memory, then one atomic per block and channel.
 template <typename TI, typename TO>
 __device__ __forceinline__ void spatial_item(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
-                                             StatScratch& sc) {
-  const std::uint32_t pix = blockIdx.x * kThreads + threadIdx.x;
-  const bool valid = pix < a.plane;
-  const std::uint32_t y = valid ? pix / a.grid_w : 0, x = valid ? pix - y * a.grid_w : 0;
-  const Tap ty = tap(t.ry, y, t.h), tx = tap(t.rx, x, t.w);
-  const auto w = static_cast<std::uint32_t>(t.w);
-  const std::uint32_t r0 = static_cast<std::uint32_t>(ty.i0) * w, r1 = static_cast<std::uint32_t>(ty.i1) * w;
+                                             StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const std::uint32_t grid_h = a.plane / a.grid_w;
+  const bool col_ok = x < a.grid_w;
+  const Tap tx = tap(t.rx, col_ok ? x : 0, t.w);
   const auto x0 = static_cast<std::uint32_t>(tx.i0), x1 = static_cast<std::uint32_t>(tx.i1);
+  const auto w = static_cast<std::uint32_t>(t.w);
+  // The rows' vertical taps, the same for every channel (warp-uniform).
+  int rows = 0;
+  std::uint32_t i0[kRows], i1[kRows];
+  float l0[kRows], l1[kRows];
+#pragma unroll
+  for (int j = 0; j < kRows; ++j) {
+    if (y0 + j < grid_h) {
+      const Tap ty = tap(t.ry, y0 + j, t.h);
+      i0[j] = static_cast<std::uint32_t>(ty.i0);
+      i1[j] = static_cast<std::uint32_t>(ty.i1);
+      l0[j] = ty.l0;
+      l1[j] = ty.l1;
+      rows = j + 1;
+    }
+  }
   const std::uint64_t in_plane = static_cast<std::uint64_t>(t.h) * static_cast<std::uint64_t>(t.w);
   const TI* src = static_cast<const TI*>(a.in[it.teacher]) + std::uint64_t(it.c0) * in_plane;
-  TO* dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(it.c0) * a.plane + pix;
+  TO* dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(it.c0) * a.plane + std::uint64_t(y0) * a.grid_w + x;
   const unsigned ch0 = t.chan_base + it.c0;
   for (int k = 0; k < it.nc; ++k, src += in_plane, dst += a.plane) {
-    float v = 0.0f;
-    if (valid) {
-      v = bilinear(ld(src + r0 + x0), ld(src + r0 + x1), ld(src + r1 + x0), ld(src + r1 + x1), ty, tx);
-      if (a.write) st(dst, standardise(v, a.mean[ch0 + k], a.scale[ch0 + k]));
-    }
-    if (acc) sc.vals[k][threadIdx.x] = v;
-  }
-  if (!acc) return;  // uniform over the block
-  __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane < it.nc) {
     double s1 = 0.0, s2 = 0.0;
-    const float* row = &sc.vals[lane][warp * 32];
-#pragma unroll 4
-    for (int i = 0; i < 32; ++i) {
-      const double v = row[i];
-      s1 += v;
-      s2 += v * v;
+    if (col_ok) {
+      const float mean = a.mean[ch0 + k], scale = a.scale[ch0 + k];
+      std::uint32_t ra = 0xffffffffu, rb = 0xffffffffu;  // the input rows held in A and B
+      RowVal A{0.0f, 0.0f}, B{0.0f, 0.0f};
+#pragma unroll
+      for (int j = 0; j < kRows; ++j) {
+        if (j < rows) {
+          // A := row i0, B := row i1, reusing what the previous output row loaded.
+          if (i0[j] != ra) {
+            if (i0[j] == rb) {
+              A = B;
+            } else {
+              A = load_row(src + i0[j] * w, x0, x1, tx);
+            }
+            ra = i0[j];
+          }
+          if (i1[j] != rb) {
+            B = i1[j] == ra ? A : load_row(src + i1[j] * w, x0, x1, tx);
+            rb = i1[j];
+          }
+          const float v = (l1[j] == 0.0f && tx.l1 == 0.0f) ? A.raw : f_add(f_mul(l0[j], A.h), f_mul(l1[j], B.h));
+          if (a.write) st(dst + j * a.grid_w, standardise(v, mean, scale));
+          s1 += v;
+          s2 += static_cast<double>(v) * v;
+        }
+      }
     }
-    sc.red[warp][lane][0] = s1;
-    sc.red[warp][lane][1] = s2;
+    if (acc) {  // uniform over the block
+      s1 = warp_sum(s1);
+      s2 = warp_sum(s2);
+      if (lane == 0) {
+        sc.red[warp][k][0] = s1;
+        sc.red[warp][k][1] = s2;
+      }
+    }
   }
+  if (!acc) return;
   __syncthreads();
   if (threadIdx.x < it.nc) {
     double s1 = 0.0, s2 = 0.0;
@@ -177,13 +222,13 @@ __device__ __forceinline__ void spatial_item(const LaunchArgs& a, const TeacherD
 
 template <typename TI>
 __device__ __forceinline__ void spatial_item_in(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
-                                                StatScratch& sc) {
+                                                StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
   if (a.out_dtype == kF16) {
-    spatial_item<TI, __half>(a, t, it, acc, sc);
+    spatial_item<TI, __half>(a, t, it, acc, sc, x, y0);
   } else if (a.out_dtype == kBF16) {
-    spatial_item<TI, __nv_bfloat16>(a, t, it, acc, sc);
+    spatial_item<TI, __nv_bfloat16>(a, t, it, acc, sc, x, y0);
   } else {
-    spatial_item<TI, float>(a, t, it, acc, sc);
+    spatial_item<TI, float>(a, t, it, acc, sc, x, y0);
   }
 }
 
@@ -203,33 +248,43 @@ __global__ void __launch_bounds__(kThreads, 4) fuse_kernel(LaunchArgs a) {
   if (a.write && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < a.teachers) {
     store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
   }
-  const std::uint32_t first = blockIdx.x * kThreads;
-  const std::uint32_t extent = t.spatial ? a.plane : static_cast<std::uint32_t>(it.nc);
-  if (first >= extent) return;  // uniform over the block
-  const std::uint32_t e = first + threadIdx.x;
-  if (!present) {  // uniform over the block
-    if (a.write && e < extent) {
-      if (t.spatial) {
+  if (t.spatial) {
+    // Tile blockIdx.x of the grid: 32 columns by kWarps * kRows rows; this warp's kRows rows.
+    const std::uint32_t tiles_x = (a.grid_w + 31) / 32;
+    const std::uint32_t grid_h = a.plane / a.grid_w;
+    const std::uint32_t tiles = tiles_x * ((grid_h + kWarps * kRows - 1) / (kWarps * kRows));
+    if (blockIdx.x >= tiles) return;  // uniform over the block
+    const std::uint32_t x = (blockIdx.x % tiles_x) * 32 + (threadIdx.x & 31);
+    const std::uint32_t y0 = (blockIdx.x / tiles_x) * (kWarps * kRows) + (threadIdx.x >> 5) * kRows;
+    if (!present) {  // uniform over the block
+      if (a.write && x < a.grid_w) {
         for (int k = 0; k < it.nc; ++k) {
-          store_any(a.out, a.out_dtype, t.out_offset + std::uint64_t(it.c0 + k) * a.plane + e, 0.0f);
+          for (int j = 0; j < kRows && y0 + j < grid_h; ++j) {
+            store_any(a.out, a.out_dtype, t.out_offset + std::uint64_t(it.c0 + k) * a.plane + std::uint64_t(y0 + j) * a.grid_w + x,
+                      0.0f);
+          }
         }
-      } else {
-        store_any(a.out, a.out_dtype, t.out_offset + e, 0.0f);
       }
+      return;
     }
+    if (!a.write && !acc) return;
+    if (t.dtype == kF16) {
+      spatial_item_in<__half>(a, t, it, acc, sc, x, y0);
+    } else if (t.dtype == kBF16) {
+      spatial_item_in<__nv_bfloat16>(a, t, it, acc, sc, x, y0);
+    } else {
+      spatial_item_in<float>(a, t, it, acc, sc, x, y0);
+    }
+    return;
+  }
+  const std::uint32_t extent = static_cast<std::uint32_t>(it.nc);
+  const std::uint32_t e = blockIdx.x * kThreads + threadIdx.x;
+  if (blockIdx.x * kThreads >= extent) return;  // uniform over the block
+  if (!present) {
+    if (a.write && e < extent) store_any(a.out, a.out_dtype, t.out_offset + e, 0.0f);
     return;
   }
   if (!a.write && !acc) return;
-  if (t.spatial) {
-    if (t.dtype == kF16) {
-      spatial_item_in<__half>(a, t, it, acc, sc);
-    } else if (t.dtype == kBF16) {
-      spatial_item_in<__nv_bfloat16>(a, t, it, acc, sc);
-    } else {
-      spatial_item_in<float>(a, t, it, acc, sc);
-    }
-    return;
-  }
   if (e >= extent) return;
   const unsigned ch = t.chan_base + e;  // a vector teacher: each element its own channel
   const float v = load_any(a.in[it.teacher], t.dtype, e);
@@ -324,7 +379,9 @@ FusionGpu::FusionGpu(FusionLayout layout)
     throw ValidationError("fusion grid " + std::to_string(L.grid_h()) + "x" + std::to_string(L.grid_w()) +
                           " has more than 2^31 elements a channel; the kernel indexes a plane with 32 bits");
   }
-  std::int64_t largest = plane;
+  // Blocks along x: a spatial teacher's tiles, or a vector teacher's elements by kThreads.
+  const std::int64_t tiles = ((L.grid_w() + 31) / 32) * ((L.grid_h() + kWarps * kRows - 1) / (kWarps * kRows));
+  std::int64_t largest_blocks = tiles;
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     const auto& in = L.inputs()[i];
     TeacherDesc d{};
@@ -347,14 +404,18 @@ FusionGpu::FusionGpu(FusionLayout layout)
       for (int c = 0; c < d.channels; c += kGroup) items.push_back({static_cast<int>(i), c, std::min(kGroup, d.channels - c)});
     } else {
       items.push_back({static_cast<int>(i), 0, d.channels});
-      largest = std::max<std::int64_t>(largest, d.channels);
+      largest_blocks = std::max<std::int64_t>(largest_blocks, (d.channels + kThreads - 1) / kThreads);
     }
   }
-  // FusionLayout allows at most 65535 channel planes, so the groups of 32 fit the grid's y (65535).
+  // The grid's y holds one item per group of kGroup channels: at most 65535.
+  if (items.size() > 65535) {
+    throw ValidationError("fusion layout has " + std::to_string(items.size()) + " work items of " + std::to_string(kGroup) +
+                          " channels; the kernel's grid allows 65535");
+  }
   auto& D = *dev_;
   D.item_count = static_cast<unsigned>(items.size());
   D.channels = L.total_channels();
-  D.grid_x = static_cast<unsigned>(std::max<std::int64_t>(1, (largest + kThreads - 1) / kThreads));
+  D.grid_x = static_cast<unsigned>(std::max<std::int64_t>(1, largest_blocks));
   DP_CUDA_CHECK(cudaMalloc(&D.desc, desc.size() * sizeof(TeacherDesc)));
   DP_CUDA_CHECK(cudaMalloc(&D.items, items.size() * sizeof(Item)));
   DP_CUDA_CHECK(cudaMalloc(&D.stats, 4 * D.channels * sizeof(double)));
