@@ -17,6 +17,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cstring>
 #include <limits>
 
@@ -47,9 +49,12 @@ struct TeacherDesc {
   std::uint64_t out_offset;
 };
 
+enum : int { kPixels = 0, kRowTiles = 1 };  // how a spatial item maps threads to output elements
+
 struct Item {
   int teacher;
   int c0, nc;  // channels [c0, c0 + nc) of a spatial teacher; a vector teacher: 0, C
+  int tiles;   // spatial: kPixels (a thread per pixel) or kRowTiles (a warp per 32 x kRows tile)
 };
 
 struct LaunchArgs {
@@ -118,10 +123,66 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
   return v;  // valid in thread 0
 }
 
-// Per-warp partial sums of the statistics: [warp][channel of the group][s1, s2].
+// Shared scratch of a block for the statistics: (kPixels) each channel's values, one per thread
+// (a row padded by one word, so that the column reads below hit 32 different banks); per-warp
+// partial sums [warp][channel of the group][s1, s2].
 struct StatScratch {
+  float vals[kGroup][kThreads + 1];
   double red[kWarps][kGroup][2];
 };
+
+// kPixels: the channels [c0, c0 + nc) of a spatial teacher at one pixel per thread (kernel 3 of
+// docs/FUSION.md). Where the statistics are kept, each value goes to shared memory (one store a
+// channel, not a shuffle tree of 20 instructions) and the block reduces them after the loop:
+// lane k of warp j sums channel k over threads [32j, 32j + 32), in float64.
+template <typename TI, typename TO>
+__device__ __forceinline__ void spatial_pixels(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
+                                               StatScratch& sc) {
+  const std::uint32_t pix = blockIdx.x * kThreads + threadIdx.x;
+  const bool valid = pix < a.plane;
+  const std::uint32_t y = valid ? pix / a.grid_w : 0, x = valid ? pix - y * a.grid_w : 0;
+  const Tap ty = tap(t.ry, y, t.h), tx = tap(t.rx, x, t.w);
+  const auto w = static_cast<std::uint32_t>(t.w);
+  const std::uint32_t r0 = static_cast<std::uint32_t>(ty.i0) * w, r1 = static_cast<std::uint32_t>(ty.i1) * w;
+  const auto x0 = static_cast<std::uint32_t>(tx.i0), x1 = static_cast<std::uint32_t>(tx.i1);
+  const std::uint64_t in_plane = static_cast<std::uint64_t>(t.h) * static_cast<std::uint64_t>(t.w);
+  const TI* src = static_cast<const TI*>(a.in[it.teacher]) + std::uint64_t(it.c0) * in_plane;
+  TO* dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(it.c0) * a.plane + pix;
+  const unsigned ch0 = t.chan_base + it.c0;
+  for (int k = 0; k < it.nc; ++k, src += in_plane, dst += a.plane) {
+    float v = 0.0f;
+    if (valid) {
+      v = bilinear(ld(src + r0 + x0), ld(src + r0 + x1), ld(src + r1 + x0), ld(src + r1 + x1), ty, tx);
+      if (a.write) st(dst, standardise(v, a.mean[ch0 + k], a.scale[ch0 + k]));
+    }
+    if (acc) sc.vals[k][threadIdx.x] = v;
+  }
+  if (!acc) return;  // uniform over the block
+  __syncthreads();
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (lane < it.nc) {
+    double s1 = 0.0, s2 = 0.0;
+    const float* row = &sc.vals[lane][warp * 32];
+#pragma unroll 4
+    for (int i = 0; i < 32; ++i) {
+      const double v = row[i];
+      s1 += v;
+      s2 += v * v;
+    }
+    sc.red[warp][lane][0] = s1;
+    sc.red[warp][lane][1] = s2;
+  }
+  __syncthreads();
+  if (threadIdx.x < it.nc) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int j = 0; j < kWarps; ++j) {
+      s1 += sc.red[j][threadIdx.x][0];
+      s2 += sc.red[j][threadIdx.x][1];
+    }
+    atomicAdd(a.acc1 + ch0 + threadIdx.x, s1);
+    atomicAdd(a.acc2 + ch0 + threadIdx.x, s2);
+  }
+}
 
 // One row of a channel at the thread's column: the raw value at x0 (bilinear()'s shortcut
 // when both fractions are 0) and the horizontal interpolation, as bilinear() computes it.
@@ -135,7 +196,7 @@ __device__ __forceinline__ RowVal load_row(const TI* row, std::uint32_t x0, std:
   return {v0, f_add(f_mul(tx.l0, v0), f_mul(tx.l1, v1))};
 }
 
-// The channels [c0, c0 + nc) of a spatial teacher over one tile: a warp covers 32 adjacent
+// kRowTiles: the channels [c0, c0 + nc) of a spatial teacher over one tile: a warp covers 32 adjacent
 // columns and kRows adjacent rows, so a row's vertical taps are the same for the whole warp and
 // the horizontal interpolations of an input row are loaded once and reused by the output rows
 // that need it (an upsampled map needs few input rows for kRows output rows). Values are bit
@@ -220,15 +281,25 @@ __device__ __forceinline__ void spatial_item(const LaunchArgs& a, const TeacherD
   }
 }
 
+template <typename TI, typename TO>
+__device__ __forceinline__ void spatial_any(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
+                                            StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
+  if (it.tiles == kRowTiles) {
+    spatial_item<TI, TO>(a, t, it, acc, sc, x, y0);
+  } else {
+    spatial_pixels<TI, TO>(a, t, it, acc, sc);
+  }
+}
+
 template <typename TI>
 __device__ __forceinline__ void spatial_item_in(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
                                                 StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
   if (a.out_dtype == kF16) {
-    spatial_item<TI, __half>(a, t, it, acc, sc, x, y0);
+    spatial_any<TI, __half>(a, t, it, acc, sc, x, y0);
   } else if (a.out_dtype == kBF16) {
-    spatial_item<TI, __nv_bfloat16>(a, t, it, acc, sc, x, y0);
+    spatial_any<TI, __nv_bfloat16>(a, t, it, acc, sc, x, y0);
   } else {
-    spatial_item<TI, float>(a, t, it, acc, sc, x, y0);
+    spatial_any<TI, float>(a, t, it, acc, sc, x, y0);
   }
 }
 
@@ -238,7 +309,7 @@ __device__ __forceinline__ float load_any(const void* p, int dtype, std::uint64_
   return ld(static_cast<const float*>(p) + i);
 }
 
-__global__ void __launch_bounds__(kThreads, 4) fuse_kernel(LaunchArgs a) {
+__global__ void __launch_bounds__(kThreads, 3) fuse_kernel(LaunchArgs a) {
   __shared__ StatScratch sc;
   const Item it = a.items[blockIdx.y];
   const TeacherDesc t = a.desc[it.teacher];
@@ -249,19 +320,34 @@ __global__ void __launch_bounds__(kThreads, 4) fuse_kernel(LaunchArgs a) {
     store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
   }
   if (t.spatial) {
-    // Tile blockIdx.x of the grid: 32 columns by kWarps * kRows rows; this warp's kRows rows.
-    const std::uint32_t tiles_x = (a.grid_w + 31) / 32;
     const std::uint32_t grid_h = a.plane / a.grid_w;
-    const std::uint32_t tiles = tiles_x * ((grid_h + kWarps * kRows - 1) / (kWarps * kRows));
-    if (blockIdx.x >= tiles) return;  // uniform over the block
-    const std::uint32_t x = (blockIdx.x % tiles_x) * 32 + (threadIdx.x & 31);
-    const std::uint32_t y0 = (blockIdx.x / tiles_x) * (kWarps * kRows) + (threadIdx.x >> 5) * kRows;
+    std::uint32_t x = 0, y0 = 0;
+    if (it.tiles == kRowTiles) {
+      // Tile blockIdx.x of the grid: 32 columns by kWarps * kRows rows; this warp's kRows rows.
+      const std::uint32_t tiles_x = (a.grid_w + 31) / 32;
+      const std::uint32_t tiles = tiles_x * ((grid_h + kWarps * kRows - 1) / (kWarps * kRows));
+      if (blockIdx.x >= tiles) return;  // uniform over the block
+      x = (blockIdx.x % tiles_x) * 32 + (threadIdx.x & 31);
+      y0 = (blockIdx.x / tiles_x) * (kWarps * kRows) + (threadIdx.x >> 5) * kRows;
+    } else if (blockIdx.x * kThreads >= a.plane) {
+      return;  // uniform over the block
+    }
     if (!present) {  // uniform over the block
-      if (a.write && x < a.grid_w) {
-        for (int k = 0; k < it.nc; ++k) {
-          for (int j = 0; j < kRows && y0 + j < grid_h; ++j) {
-            store_any(a.out, a.out_dtype, t.out_offset + std::uint64_t(it.c0 + k) * a.plane + std::uint64_t(y0 + j) * a.grid_w + x,
-                      0.0f);
+      if (!a.write) return;
+      if (it.tiles == kRowTiles) {
+        if (x < a.grid_w) {
+          for (int k = 0; k < it.nc; ++k) {
+            for (int j = 0; j < kRows && y0 + j < grid_h; ++j) {
+              store_any(a.out, a.out_dtype,
+                        t.out_offset + std::uint64_t(it.c0 + k) * a.plane + std::uint64_t(y0 + j) * a.grid_w + x, 0.0f);
+            }
+          }
+        }
+      } else {
+        const std::uint32_t e = blockIdx.x * kThreads + threadIdx.x;
+        if (e < a.plane) {
+          for (int k = 0; k < it.nc; ++k) {
+            store_any(a.out, a.out_dtype, t.out_offset + std::uint64_t(it.c0 + k) * a.plane + e, 0.0f);
           }
         }
       }
@@ -379,9 +465,19 @@ FusionGpu::FusionGpu(FusionLayout layout)
     throw ValidationError("fusion grid " + std::to_string(L.grid_h()) + "x" + std::to_string(L.grid_w()) +
                           " has more than 2^31 elements a channel; the kernel indexes a plane with 32 bits");
   }
-  // Blocks along x: a spatial teacher's tiles, or a vector teacher's elements by kThreads.
-  const std::int64_t tiles = ((L.grid_w() + 31) / 32) * ((L.grid_h() + kWarps * kRows - 1) / (kWarps * kRows));
-  std::int64_t largest_blocks = tiles;
+  // Blocks along x: a spatial teacher's pixels by kThreads or its row tiles, or a vector
+  // teacher's elements by kThreads.
+  const std::int64_t row_tiles = ((L.grid_w() + 31) / 32) * ((L.grid_h() + kWarps * kRows - 1) / (kWarps * kRows));
+  const std::int64_t pixel_blocks = (plane + kThreads - 1) / kThreads;
+  std::int64_t largest_blocks = 1;
+  // Row tiles pay off where an input row serves several output rows: maps upsampled in y.
+  // DIRECTPORT_FUSION_TILES=pixels|rows forces one mapping for every teacher (for measuring them
+  // against each other: bench/fusion_bench.cpp); unset or "auto" chooses per teacher.
+  const char* tiles_env = std::getenv("DIRECTPORT_FUSION_TILES");
+  const std::string tiles_mode = tiles_env ? tiles_env : "auto";
+  if (tiles_mode != "auto" && tiles_mode != "pixels" && tiles_mode != "rows") {
+    throw ValidationError("DIRECTPORT_FUSION_TILES must be auto, pixels or rows, got '" + tiles_mode + "'");
+  }
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     const auto& in = L.inputs()[i];
     TeacherDesc d{};
@@ -401,9 +497,13 @@ FusionGpu::FusionGpu(FusionLayout layout)
         throw ValidationError("fusion input " + std::to_string(i) + " has more than 2^31 elements a channel (" +
                               std::to_string(d.h) + "x" + std::to_string(d.w) + "); the kernel indexes a plane with 32 bits");
       }
-      for (int c = 0; c < d.channels; c += kGroup) items.push_back({static_cast<int>(i), c, std::min(kGroup, d.channels - c)});
+      const bool rows = tiles_mode == "rows" || (tiles_mode == "auto" && d.h < L.grid_h());
+      largest_blocks = std::max(largest_blocks, rows ? row_tiles : pixel_blocks);
+      for (int c = 0; c < d.channels; c += kGroup) {
+        items.push_back({static_cast<int>(i), c, std::min(kGroup, d.channels - c), rows ? kRowTiles : kPixels});
+      }
     } else {
-      items.push_back({static_cast<int>(i), 0, d.channels});
+      items.push_back({static_cast<int>(i), 0, d.channels, kPixels});
       largest_blocks = std::max<std::int64_t>(largest_blocks, (d.channels + kThreads - 1) / kThreads);
     }
   }
