@@ -31,7 +31,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kGroup = 16;  // channels of one teacher per work item
+constexpr int kGroup = 32;     // channels of one teacher per work item (a thread per pixel)
+constexpr int kRowGroup = 4;   // ... with row tiles: a thread does kRowGroup * kRows elements, so
+                               // small groups keep enough blocks in flight (an H200 measured a
+                               // 16-channel map's 64 tiles of 16 channels as the kernel's tail)
 constexpr int kRows = 4;    // output rows per warp (a spatial tile: 32 columns x kWarps * kRows rows)
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
@@ -499,18 +502,20 @@ FusionGpu::FusionGpu(FusionLayout layout)
       }
       const bool rows = tiles_mode == "rows" || (tiles_mode == "auto" && d.h < L.grid_h());
       largest_blocks = std::max(largest_blocks, rows ? row_tiles : pixel_blocks);
-      for (int c = 0; c < d.channels; c += kGroup) {
-        items.push_back({static_cast<int>(i), c, std::min(kGroup, d.channels - c), rows ? kRowTiles : kPixels});
+      const int group = rows ? kRowGroup : kGroup;
+      for (int c = 0; c < d.channels; c += group) {
+        items.push_back({static_cast<int>(i), c, std::min(group, d.channels - c), rows ? kRowTiles : kPixels});
       }
     } else {
       items.push_back({static_cast<int>(i), 0, d.channels, kPixels});
       largest_blocks = std::max<std::int64_t>(largest_blocks, (d.channels + kThreads - 1) / kThreads);
     }
   }
-  // The grid's y holds one item per group of kGroup channels: at most 65535.
+  // The grid's y holds one item per group of channels: at most 65535.
   if (items.size() > 65535) {
-    throw ValidationError("fusion layout has " + std::to_string(items.size()) + " work items of " + std::to_string(kGroup) +
-                          " channels; the kernel's grid allows 65535");
+    throw ValidationError("fusion layout has " + std::to_string(items.size()) + " work items of up to " +
+                          std::to_string(kGroup) + " channels; the kernel's grid allows 65535 (fewer channels, or " +
+                          "DIRECTPORT_FUSION_TILES=pixels)");
   }
   auto& D = *dev_;
   D.item_count = static_cast<unsigned>(items.size());
