@@ -31,10 +31,13 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kGroup = 32;     // channels of one teacher per work item (a thread per pixel)
-constexpr int kRowGroup = 4;   // ... with row tiles: a thread does kRowGroup * kRows elements, so
-                               // small groups keep enough blocks in flight (an H200 measured a
-                               // 16-channel map's 64 tiles of 16 channels as the kernel's tail)
+constexpr int kGroup = 32;  // channels of one teacher per work item (a thread per pixel)
+// ... with row tiles a thread does group * kRows elements: 16 channels where that still makes
+// kRowBlocks blocks for the teacher, else 4, so that a small teacher is not the launch's tail (an
+// H200 measured a 16-channel map in 64 blocks of 16 channels as the tail, and 4 channels for
+// every teacher as slower on a 384-channel one).
+constexpr int kRowGroupLarge = 16, kRowGroupSmall = 4;
+constexpr std::int64_t kRowBlocks = 1024;
 constexpr int kRows = 4;    // output rows per warp (a spatial tile: 32 columns x kWarps * kRows rows)
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
@@ -502,7 +505,9 @@ FusionGpu::FusionGpu(FusionLayout layout)
       }
       const bool rows = tiles_mode == "rows" || (tiles_mode == "auto" && d.h < L.grid_h());
       largest_blocks = std::max(largest_blocks, rows ? row_tiles : pixel_blocks);
-      const int group = rows ? kRowGroup : kGroup;
+      const int group = !rows ? kGroup
+                        : row_tiles * ((d.channels + kRowGroupLarge - 1) / kRowGroupLarge) >= kRowBlocks ? kRowGroupLarge
+                                                                                                        : kRowGroupSmall;
       for (int c = 0; c < d.channels; c += group) {
         items.push_back({static_cast<int>(i), c, std::min(group, d.channels - c), rows ? kRowTiles : kPixels});
       }
