@@ -74,22 +74,6 @@ struct GpuScratch {
 };
 #endif
 
-// A sample of at most kMaxSamples timings: past that, each new one replaces an old one in turn,
-// so a node that runs for days keeps a bounded, recent sample.
-constexpr std::size_t kMaxSamples = 1 << 16;
-void sample(std::vector<double>& v, std::uint64_t& seen, double x) {
-  if (v.size() < kMaxSamples) v.push_back(x);
-  else v[seen % kMaxSamples] = x;
-  ++seen;
-}
-
-// {"p50", "p99", "max"} of a sample in microseconds (empty: {}), for the nodes' reports.
-nlohmann::json percentiles(std::vector<double> v) {
-  if (v.empty()) return nlohmann::json::object();
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) { return v[static_cast<std::size_t>(q * (v.size() - 1))]; };
-  return {{"p50", at(0.5)}, {"p99", at(0.99)}, {"max", v.back()}, {"n", v.size()}};
-}
 
 int run_pattern_source(NodeContext& ctx) {
   const auto& name = ctx.name();
@@ -365,6 +349,19 @@ int run_tensor_source(NodeContext& ctx) {
 }  // namespace
 
 MemoryKind parse_memory_choice(const std::string& m) { return choose_memory(m); }
+
+void sample(std::vector<double>& v, std::uint64_t& seen, double x) {
+  if (v.size() < kMaxSamples) v.push_back(x);
+  else v[seen % kMaxSamples] = x;
+  ++seen;
+}
+
+nlohmann::json percentiles(std::vector<double> v) {
+  if (v.empty()) return nlohmann::json::object();
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return v[static_cast<std::size_t>(q * (v.size() - 1))]; };
+  return {{"p50", at(0.5)}, {"p99", at(0.99)}, {"max", v.back()}, {"n", v.size()}};
+}
 
 void register_builtin_nodes(NodeRegistry& r) {
   using T = ParamType;

@@ -20,13 +20,6 @@ namespace dp::cli {
 namespace {
 
 #if DIRECTPORT_HAS_VULKAN
-nlohmann::json percentiles_us(std::vector<double> v) {
-  if (v.empty()) return nlohmann::json::object();
-  std::sort(v.begin(), v.end());
-  auto at = [&](double q) { return v[static_cast<std::size_t>(q * (v.size() - 1))]; };
-  return {{"p50", at(0.5)}, {"p99", at(0.99)}, {"max", v.back()}, {"n", v.size()}};
-}
-
 // Submits `cmd` on the process's queue, signalling `done` to `value` once it has run.
 void submit(vk::Context& ctx, VkCommandBuffer cmd, const vk::Timeline* done = nullptr, std::uint64_t value = 0) {
   VkTimelineSemaphoreSubmitInfo tl{VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO, nullptr, 0, nullptr, 1, &value};
@@ -72,12 +65,11 @@ int run_vulkan_source(NodeContext& ctx) {
   auto next = std::chrono::steady_clock::now();
   std::uint64_t n = 0;
   std::vector<double> acquire_us;
+  std::uint64_t acquire_seen = 0;
   while (!NodeContext::stop_requested() && (frames == 0 || n < frames)) {
     const auto t0 = std::chrono::steady_clock::now();
     auto lease = pub.acquire();
-    if (acquire_us.size() < (1u << 16)) {
-      acquire_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-    }
+    sample(acquire_us, acquire_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     if (!lease) continue;  // dropped (counted)
     // The slot's previous frame is done (acquire() saw its ready word), so is its command buffer.
     VkCommandBuffer c = cmd[lease->slot];
@@ -96,7 +88,7 @@ int run_vulkan_source(NodeContext& ctx) {
   vk->fn().vkDeviceWaitIdle(vk->device());
   auto c = pub.counters();
   std::cout << nlohmann::json{{"node", ctx.name()}, {"type", "vulkan-source"}, {"published", c.published},
-                              {"dropped", c.dropped}, {"device", vk->name()}, {"acquire_us", percentiles_us(acquire_us)}}
+                              {"dropped", c.dropped}, {"device", vk->name()}, {"acquire_us", percentiles(acquire_us)}}
                    .dump()
             << std::endl;
   return 0;
@@ -131,12 +123,11 @@ int run_vulkan_sink(NodeContext& ctx) {
   bool gave_up = false;
   auto last_frame = std::chrono::steady_clock::now();
   std::vector<double> next_us, verify_us;
+  std::uint64_t next_seen = 0, verify_seen = 0;
   while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
     const auto t_next = std::chrono::steady_clock::now();
     auto f = sub.next(std::chrono::milliseconds(100));  // waits on the semaphore, on the CPU
-    if (next_us.size() < (1u << 16)) {
-      next_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
-    }
+    sample(next_us, next_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
     if (!f) {
       if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
         std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from.c_str(), timeout_s);
@@ -156,9 +147,8 @@ int run_vulkan_sink(NodeContext& ctx) {
     commands.end(cmd);
     submit(*vk, cmd, &done, ++submitted);
     if (!done.wait(submitted, std::chrono::seconds(10))) throw Error("the frame check did not finish in 10 s");
-    if (verify_us.size() < (1u << 16)) {
-      verify_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_verify).count());
-    }
+    sample(verify_us, verify_seen,
+           std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_verify).count());
     const auto result = kernels.verify_result(seq_from == "seq" ? f->seq : f->frame_id);
     if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
     sub.release(*f);  // our reads are done (waited above)
@@ -175,8 +165,8 @@ int run_vulkan_sink(NodeContext& ctx) {
   std::cout << nlohmann::json{{"node", ctx.name()},     {"type", "vulkan-sink"},        {"from", from},
                               {"verified", ok},         {"bad", bad},                   {"missed", c.missed},
                               {"dropped", c.dropped},   {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
-                              {"device", vk->name()},   {"next_us", percentiles_us(next_us)},
-                              {"verify_us", percentiles_us(verify_us)}}
+                              {"device", vk->name()},   {"next_us", percentiles(next_us)},
+                              {"verify_us", percentiles(verify_us)}}
                    .dump()
             << std::endl;
   return bad == 0 && !gave_up && (frames == 0 || ok >= frames) ? 0 : 2;

@@ -137,6 +137,20 @@ struct StatScratch {
   double red[kWarps][kGroup][2];
 };
 
+// After a __syncthreads(): sums the per-warp partials in sc.red over the block and adds them to
+// the channels' float64 accumulators, one atomic per block and channel.
+__device__ __forceinline__ void commit_stats(const LaunchArgs& a, const StatScratch& sc, int nc, unsigned ch0) {
+  if (threadIdx.x < nc) {
+    double s1 = 0.0, s2 = 0.0;
+    for (int j = 0; j < kWarps; ++j) {
+      s1 += sc.red[j][threadIdx.x][0];
+      s2 += sc.red[j][threadIdx.x][1];
+    }
+    atomicAdd(a.acc1 + ch0 + threadIdx.x, s1);
+    atomicAdd(a.acc2 + ch0 + threadIdx.x, s2);
+  }
+}
+
 // kPixels: the channels [c0, c0 + nc) of a spatial teacher at one pixel per thread (kernel 3 of
 // docs/FUSION.md). Where the statistics are kept, each value goes to shared memory (one store a
 // channel, not a shuffle tree of 20 instructions) and the block reduces them after the loop:
@@ -179,15 +193,7 @@ __device__ __forceinline__ void spatial_pixels(const LaunchArgs& a, const Teache
     sc.red[warp][lane][1] = s2;
   }
   __syncthreads();
-  if (threadIdx.x < it.nc) {
-    double s1 = 0.0, s2 = 0.0;
-    for (int j = 0; j < kWarps; ++j) {
-      s1 += sc.red[j][threadIdx.x][0];
-      s2 += sc.red[j][threadIdx.x][1];
-    }
-    atomicAdd(a.acc1 + ch0 + threadIdx.x, s1);
-    atomicAdd(a.acc2 + ch0 + threadIdx.x, s2);
-  }
+  commit_stats(a, sc, it.nc, ch0);
 }
 
 // One row of a channel at the thread's column: the raw value at x0 (bilinear()'s shortcut
@@ -276,15 +282,7 @@ __device__ __forceinline__ void spatial_item(const LaunchArgs& a, const TeacherD
   }
   if (!acc) return;
   __syncthreads();
-  if (threadIdx.x < it.nc) {
-    double s1 = 0.0, s2 = 0.0;
-    for (int j = 0; j < kWarps; ++j) {
-      s1 += sc.red[j][threadIdx.x][0];
-      s2 += sc.red[j][threadIdx.x][1];
-    }
-    atomicAdd(a.acc1 + ch0 + threadIdx.x, s1);
-    atomicAdd(a.acc2 + ch0 + threadIdx.x, s2);
-  }
+  commit_stats(a, sc, it.nc, ch0);
 }
 
 template <typename TI, typename TO>

@@ -18,36 +18,14 @@
 #include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
 #include "support/gpu_test.hpp"
+#include "support/node_process.hpp"
 
 namespace {
 
-using Proc = dp::platform::Child;
+using dp::test::finish;
+using Proc = dp::test::Proc;
 
-Proc spawn(std::vector<std::string> args) {
-  args.insert(args.begin(), DP_CLI);
-  return Proc::spawn(args, {/*capture_stdout=*/true});
-}
-
-// Waits for the process (bounded: a hang fails the test and kills it) and returns
-// {exit code or -signal, last JSON line of its stdout}.
-std::pair<int, nlohmann::json> finish(Proc& p, std::chrono::seconds bound = std::chrono::seconds(120)) {
-  auto rc = p.wait_for(bound);
-  if (!rc) {
-    ADD_FAILURE() << "process " << p.pid() << " hung for " << bound.count() << " s";
-    p.signal(SIGKILL);
-    rc = p.wait_for(std::chrono::seconds(10));
-  }
-  // The report is the last line that is a whole JSON object (reports nest objects, so the last
-  // '{' of the output is not where it starts).
-  nlohmann::json j = nlohmann::json::object();  // no report (a crash): the checks fail, not throw
-  std::istringstream lines(p.output());
-  for (std::string line; std::getline(lines, line);) {
-    if (line.empty() || line.front() != '{') continue;
-    auto parsed = nlohmann::json::parse(line, nullptr, false);
-    if (!parsed.is_discarded() && parsed.is_object()) j = std::move(parsed);
-  }
-  return {rc.value_or(-SIGKILL), j};
-}
+Proc spawn(std::vector<std::string> args) { return dp::test::spawn_cli(DP_CLI, std::move(args)); }
 
 class GpuTransport : public dp::test::GpuTest {
  protected:
