@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -220,11 +221,9 @@ int run_checksum_sink(NodeContext& ctx) {
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
       kernels::verify_frame_gpu(f->data, f->bytes, f->seq, gpu->reduce, gpu->dev + 8, gs);
-      if (relay) {
-        if (auto lease = relay->acquire(gs)) {
-          DP_CUDA_CHECK(cudaMemcpyAsync(lease->data, f->data, f->bytes, cudaMemcpyDeviceToDevice, gpu->stream));
-          relay->publish(*lease, {f->seq, f->t_source_ns, 0}, gs);
-        }
+      std::optional<SlotLease> out;
+      if (relay && (out = relay->acquire(gs))) {
+        DP_CUDA_CHECK(cudaMemcpyAsync(out->data, f->data, f->bytes, cudaMemcpyDeviceToDevice, gpu->stream));
       }
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
       sub.release(*f, gs);
@@ -232,6 +231,15 @@ int run_checksum_sink(NodeContext& ctx) {
       DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
       sample(sync_us, sync_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_sync).count());
       result = gpu->host[8];
+      // Relay only a frame known to be whole: one whose producer died before completing it
+      // (its wait released by the watchdog) is not passed on.
+      if (out) {
+        if (sub.is_valid(*f)) {
+          relay->publish(*out, {f->seq, f->t_source_ns, 0}, gs);
+        } else {
+          relay->abandon(*out);
+        }
+      }
     } else
 #endif
     {

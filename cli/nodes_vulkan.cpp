@@ -51,7 +51,7 @@ int run_vulkan_source(NodeContext& ctx) {
   auto vk = vk::Context::get();
   const auto buffer = reinterpret_cast<VkBuffer>(vulkan_buffer_of(pub.transport()));
   kernels::VulkanFrames kernels(vk);
-  kernels.use_buffer(buffer);
+  kernels.use_buffer(buffer, pub.transport().slot_stride() * spec.slots);
   vk::Commands commands(vk);
   std::vector<VkCommandBuffer> cmd(spec.slots);
   for (auto& c : cmd) c = commands.allocate();
@@ -85,7 +85,7 @@ int run_vulkan_source(NodeContext& ctx) {
       std::this_thread::sleep_until(next);
     }
   }
-  vk->fn().vkDeviceWaitIdle(vk->device());
+  vk->wait_idle();
   auto c = pub.counters();
   std::cout << nlohmann::json{{"node", ctx.name()}, {"type", "vulkan-source"}, {"published", c.published},
                               {"dropped", c.dropped}, {"device", vk->name()}, {"acquire_us", percentiles(acquire_us)}}
@@ -139,7 +139,7 @@ int run_vulkan_sink(NodeContext& ctx) {
     last_frame = std::chrono::steady_clock::now();
     const auto t_verify = std::chrono::steady_clock::now();
     if (f->generation != generation) {  // a new connection: a new buffer (maybe the same handle)
-      kernels.use_buffer(reinterpret_cast<VkBuffer>(sub.vulkan_buffer()));
+      kernels.use_buffer(reinterpret_cast<VkBuffer>(sub.vulkan_buffer()), sub.vulkan_buffer_bytes());
       generation = f->generation;
     }
     commands.begin(cmd);

@@ -63,7 +63,7 @@ class HostConsumer final : public ConsumerTransport {
     fence::host_signal(rec.released, seq);
   }
   std::uint64_t ready_value(std::uint32_t slot) const override { return word(slot).load(std::memory_order_acquire); }
-  void force_ready(std::uint32_t, std::uint64_t) noexcept override {
+  void force_ready(std::uint32_t, std::uint64_t, std::uint64_t) noexcept override {
     // Nothing of ours waits on the host page asynchronously: CPU waits are bounded.
   }
 

@@ -247,7 +247,8 @@ struct Subscriber::Connection {
   bool forced(std::uint32_t k, std::uint64_t seq) const { return forced_seq[k].load() == seq; }
   void force(std::uint32_t k, std::uint64_t seq) noexcept {
     forced_seq[k].store(seq);
-    transport->force_ready(k, seq);
+    const std::uint64_t latest = control->latest_seq.load(std::memory_order_acquire);
+    transport->force_ready(k, seq | protocol::kForcedReady, std::max(seq, latest));
   }
 
   void start_watchdog() {
@@ -261,7 +262,10 @@ struct Subscriber::Connection {
           for (std::uint32_t k = 0; k < spec.slots; ++k) {
             auto& r = record(k);
             std::uint64_t held = r.held.load();
-            if (held && r.released.load() < held && transport->ready_value(k) < held) force(k, held);
+            if (held && r.released.load() < held && !protocol::genuinely_ready(transport->ready_value(k), held) &&
+                !forced(k, held)) {
+              force(k, held);
+            }
           }
         }
         std::this_thread::sleep_for(kWatchdogPeriod);
@@ -302,6 +306,7 @@ Subscriber::Subscriber(Subscriber&&) noexcept = default;
 Subscriber& Subscriber::operator=(Subscriber&&) noexcept = default;
 
 std::uint64_t Subscriber::vulkan_buffer() const { return conn_ ? conn_->transport->vulkan_buffer() : 0; }
+std::uint64_t Subscriber::vulkan_buffer_bytes() const { return conn_ ? conn_->transport->vulkan_buffer_bytes() : 0; }
 
 const StreamSpec& Subscriber::spec() const { return conn_ ? conn_->spec : last_spec_; }
 
@@ -380,7 +385,8 @@ void Subscriber::producer_died() noexcept {
     // released it since (its GPU wait passed on the raised word); one not yet reached never will.
     const bool forced = conn_->forced(k, held);
     if (!forced && r.released.load() >= held) continue;
-    if (forced || conn_->transport->ready_value(k) < held) {
+    // A word another consumer forced (kForcedReady) is not the producer's: the frame has no data.
+    if (forced || !protocol::genuinely_ready(conn_->transport->ready_value(k), held)) {
       conn_->invalid_seqs.push_back(held);
       ++counters_.invalidated;
       if (!conn_->forced(k, held)) conn_->force(k, held);

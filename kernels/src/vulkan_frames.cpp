@@ -21,9 +21,14 @@ VulkanFrames::VulkanFrames(std::shared_ptr<vk::Context> ctx)
       sums_(ctx, 64, vk::Buffer::Where::device),
       readback_(ctx, 64, vk::Buffer::Where::host) {}
 
-void VulkanFrames::use_buffer(VkBuffer buffer) {
+void VulkanFrames::use_buffer(VkBuffer buffer, std::size_t bytes) {
+  if (bytes > ctx_->max_storage_range()) {
+    throw ValidationError("a Vulkan stream of " + std::to_string(bytes) + " bytes is more than the frame kernels can bind on " +
+                          ctx_->name() + " (maxStorageBufferRange " + std::to_string(ctx_->max_storage_range()) +
+                          " bytes): use smaller frames or fewer slots");
+  }
   // The set may be in use by work still running: wait, then make it again.
-  ctx_->fn().vkDeviceWaitIdle(ctx_->device());
+  ctx_->wait_idle();
   pipe_.reset();
   VkBuffer bufs[2] = {buffer, sums_.get()};
   set_ = pipe_.bind(bufs, 2);

@@ -72,7 +72,7 @@ TEST_F(VulkanFrames, StampMatchesTheCpuReference) {
     dp::vk::Buffer buf(ctx_, offset + bytes + 64, dp::vk::Buffer::Where::host);
     std::memset(buf.mapped(), 0xAB, buf.size());
     const std::uint64_t seq = rng(), seed = rng();
-    kernels_->use_buffer(buf.get());
+    kernels_->use_buffer(buf.get(), buf.size());
     run([&](VkCommandBuffer c) { kernels_->record_stamp(c, offset, bytes, seq, seed); });
     std::vector<std::uint64_t> want(words);
     dp::kernels::stamp_frame_cpu(want.data(), bytes, seq, seed);
@@ -90,7 +90,7 @@ TEST_F(VulkanFrames, VerifyAgreesWithTheCpuAndCatchesDamage) {
   const std::size_t words = 100'003, bytes = words * 8;
   dp::vk::Buffer buf(ctx_, bytes, dp::vk::Buffer::Where::host);
   auto* w = static_cast<std::uint64_t*>(buf.mapped());
-  kernels_->use_buffer(buf.get());
+  kernels_->use_buffer(buf.get(), buf.size());
   auto check = [&](std::uint64_t expect_seq) {
     run([&](VkCommandBuffer c) { kernels_->record_verify(c, 0, bytes); });
     return kernels_->verify_result(expect_seq);

@@ -391,6 +391,7 @@ class CudaProducer final : public ProducerTransport {
       j["memory_handle"] = "vulkan-opaque-fd";
 #if DIRECTPORT_HAS_VULKAN
       j["dedicated"] = vk_mem_.dedicated();
+      j["buffer_bytes"] = vk_mem_.size();
 #endif
       j["writer"] = "cuda";
     } else {
@@ -599,19 +600,24 @@ class CudaConsumer final : public ConsumerTransport {
                                                         slot * protocol::kFenceStride)
         ->load(std::memory_order_acquire);
   }
-  void force_ready(std::uint32_t slot, std::uint64_t seq) noexcept override {
+  void force_ready(std::uint32_t slot, std::uint64_t word, std::uint64_t semaphore_value) noexcept override {
     try {
       auto rw = platform::Segment::map_fd(ready_fd_.dup(), protocol::kFencePageBytes, platform::Access::read_write);
       fence::host_signal(*reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(rw.data()) +
                                                                  slot * protocol::kFenceStride),
-                         seq);
+                         word);
       if (ext_sem_) {
         // Our GPU waits are on the semaphore: raise it too, from a stream of our own (the
-        // watchdog's thread; the application's stream may be blocked on this very wait).
+        // watchdog's thread; the application's stream may be blocked on this very wait). CUDA
+        // sets the value, so every survivor sets the same one (force_ready's contract). The
+        // calling thread's current device is left as it was.
         std::lock_guard<std::mutex> lock(force_mu_);
+        int previous = -1;
+        cudaGetDevice(&previous);
         cuda::use_device(device_);
         if (!force_stream_) DP_CUDA_CHECK(cudaStreamCreateWithFlags(&force_stream_, cudaStreamNonBlocking));
-        ext_sem_.signal(force_stream_, seq);
+        ext_sem_.signal(force_stream_, semaphore_value);
+        if (previous >= 0 && previous != device_) cudaSetDevice(previous);
       }
     } catch (const std::exception& e) {
       log_cleanup_failure(std::string("releasing a dead producer's ready fence: ") + e.what());

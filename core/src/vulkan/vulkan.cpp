@@ -314,6 +314,11 @@ std::shared_ptr<Context> Context::get(const std::string& uuid) {
   c->name_ = cand.a.device;
   c->dedicated_only_ = cand.dedicated_only;
   inst.vkGetPhysicalDeviceMemoryProperties(c->phys_, &c->mem_);
+  {
+    VkPhysicalDeviceProperties2 props{VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    inst.vkGetPhysicalDeviceProperties2(c->phys_, &props);
+    c->max_storage_range_ = props.properties.limits.maxStorageBufferRange;
+  }
 
   const float prio = 1.0f;
   VkDeviceQueueCreateInfo q{VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, nullptr, 0, c->family_, 1, &prio};
@@ -371,6 +376,12 @@ void Context::submit(const VkSubmitInfo& info) {
   std::lock_guard<std::mutex> lock(queue_mu_);
   VkResult rc = fn_.vkQueueSubmit(queue_, 1, &info, VK_NULL_HANDLE);
   if (rc != VK_SUCCESS) throw_vk(rc, "vkQueueSubmit", __FILE__, __LINE__);
+}
+
+void Context::wait_idle() {
+  std::lock_guard<std::mutex> lock(queue_mu_);
+  VkResult rc = fn_.vkQueueWaitIdle(queue_);
+  if (rc != VK_SUCCESS) throw_vk(rc, "vkQueueWaitIdle", __FILE__, __LINE__);
 }
 
 // ---------------------------------------------------------------- Timeline
@@ -476,9 +487,9 @@ Buffer::Buffer(std::shared_ptr<Context> ctx, std::size_t bytes, Where where) : c
   const VkMemoryPropertyFlags want = where == Where::host
                                          ? VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT
                                          : VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT;
-  VkMemoryAllocateInfo ai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, exportable ? &exp : nullptr, alloc_,
-                          ctx_->memory_type(req.memoryTypeBits, want)};
   try {
+    VkMemoryAllocateInfo ai{VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, exportable ? &exp : nullptr, alloc_,
+                            ctx_->memory_type(req.memoryTypeBits, want)};
     DP_VK(vkAllocateMemory, ctx_->device(), &ai, nullptr, &mem_);
     DP_VK(vkBindBufferMemory, ctx_->device(), buf_, mem_, 0);
     if (where == Where::host) DP_VK(vkMapMemory, ctx_->device(), mem_, 0, VK_WHOLE_SIZE, 0, &map_);
@@ -488,14 +499,18 @@ Buffer::Buffer(std::shared_ptr<Context> ctx, std::size_t bytes, Where where) : c
   }
 }
 
-Buffer Buffer::import_fd(std::shared_ptr<Context> ctx, platform::UniqueFd fd, std::size_t bytes, bool dedicated) {
+Buffer Buffer::import_fd(std::shared_ptr<Context> ctx, platform::UniqueFd fd, std::size_t bytes, bool dedicated,
+                         std::size_t buffer_bytes) {
   if (!ctx->fn().vkGetMemoryFdKHR) {
     throw VulkanError("cannot import Vulkan memory here: the device " + ctx->name() + " lacks VK_KHR_external_memory_fd");
   }
   Buffer b;
   b.ctx_ = ctx;
-  b.bytes_ = bytes;
+  b.bytes_ = buffer_bytes ? buffer_bytes : bytes;
   b.dedicated_ = dedicated;
+  if (b.bytes_ > bytes) {
+    throw ValidationError("Vulkan buffer of " + std::to_string(b.bytes_) + " bytes over memory of " + std::to_string(bytes));
+  }
   b.create_buffer(true);
   VkMemoryRequirements req{};
   ctx->fn().vkGetBufferMemoryRequirements(ctx->device(), b.buf_, &req);
@@ -559,7 +574,15 @@ Commands::Commands(std::shared_ptr<Context> ctx) : ctx_(std::move(ctx)) {
                              VK_COMMAND_POOL_CREATE_RESET_COMMAND_BUFFER_BIT, ctx_->queue_family()};
   DP_VK(vkCreateCommandPool, ctx_->device(), &ci, nullptr, &pool_);
 }
-Commands::~Commands() { ctx_->fn().vkDestroyCommandPool(ctx_->device(), pool_, nullptr); }
+Commands::~Commands() {
+  // Command buffers of ours may still be pending (an error left a loop early): let them finish.
+  try {
+    ctx_->wait_idle();
+  } catch (const std::exception& e) {
+    log_cleanup_failure(std::string("waiting for the Vulkan queue before freeing commands: ") + e.what());
+  }
+  ctx_->fn().vkDestroyCommandPool(ctx_->device(), pool_, nullptr);
+}
 
 VkCommandBuffer Commands::allocate() {
   VkCommandBufferAllocateInfo ai{VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, nullptr, pool_,
@@ -609,7 +632,14 @@ ComputePipeline::ComputePipeline(std::shared_ptr<Context> ctx, const std::uint32
   }
 }
 
-ComputePipeline::~ComputePipeline() { free_all(); }
+ComputePipeline::~ComputePipeline() {
+  try {
+    ctx_->wait_idle();  // pending dispatches may still use the pipeline and its sets
+  } catch (const std::exception& e) {
+    log_cleanup_failure(std::string("waiting for the Vulkan queue before freeing a pipeline: ") + e.what());
+  }
+  free_all();
+}
 void ComputePipeline::free_all() noexcept {
   const auto& f = ctx_->fn();
   VkDevice d = ctx_->device();

@@ -47,7 +47,11 @@ class VulkanProducer final : public ProducerTransport {
     mirror_.join();
     // Our own submissions may still write the memory: let them finish before it is freed.
     // Consumers hold their own references (their imports).
-    ctx_->fn().vkDeviceWaitIdle(ctx_->device());
+    try {
+      ctx_->wait_idle();
+    } catch (const std::exception& e) {
+      log_cleanup_failure(std::string("Vulkan producer: waiting for the queue: ") + e.what());
+    }
   }
 
   void* slot_data(std::uint32_t slot) override { return reinterpret_cast<void*>(static_cast<std::uintptr_t>(slot * stride_)); }
@@ -56,6 +60,7 @@ class VulkanProducer final : public ProducerTransport {
   nlohmann::json describe() const override {
     return {{"device_uuid", ctx_->uuid()},       {"memory_bytes", mem_.allocation_size()},
             {"memory_handle", "vulkan-opaque-fd"}, {"dedicated", mem_.dedicated()},
+            {"buffer_bytes", mem_.size()},
             {"fence_handle", "posix-fd"},          {"semaphore_handle", "vulkan-timeline-opaque-fd"},
             {"writer", "vulkan"}};
   }
@@ -67,7 +72,11 @@ class VulkanProducer final : public ProducerTransport {
   }
   void signal_ready(GpuStream stream, std::uint32_t slot, std::uint64_t seq) override {
     DP_EXPECTS(stream == nullptr,
-               "a Vulkan producer publishes on the process's queue (vk::Context::queue()): pass no stream");
+               "a Vulkan producer publishes on the process's queue (vk::Context::submit): pass no stream");
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!mirror_error_.empty()) throw vk::VulkanError("Vulkan producer cannot publish: " + mirror_error_);
+    }
     // After everything submitted to the queue before, i.e. the application's writes of the frame.
     sem_.queue_signal(seq);
     {
@@ -95,7 +104,10 @@ class VulkanProducer final : public ProducerTransport {
           if (stop_) break;
         }
       } catch (const std::exception& e) {
-        log_cleanup_failure(std::string("Vulkan producer: waiting for a frame's semaphore: ") + e.what());
+        // No ready word would be stored again: the next publish() throws with this.
+        lock.lock();
+        mirror_error_ = std::string("waiting for a frame's semaphore failed: ") + e.what();
+        return;
       }
       lock.lock();
       if (!reached) return;
@@ -116,6 +128,7 @@ class VulkanProducer final : public ProducerTransport {
   std::condition_variable cv_;
   std::deque<std::pair<std::uint32_t, std::uint64_t>> pending_;
   bool stop_ = false;
+  std::string mirror_error_;  // why the mirror thread stopped (under mu_)
   std::thread mirror_;
 };
 
@@ -137,7 +150,7 @@ class VulkanConsumer final : public ConsumerTransport {
     const auto bytes = d.at("memory_bytes").get<std::size_t>();
     if (bytes < stride_ * spec_.slots) throw ValidationError("stream memory smaller than its slots");
     const bool dedicated = spec_.memory == MemoryKind::vulkan && d.value("dedicated", false);
-    mem_ = vk::Buffer::import_fd(ctx_, std::move(imp.fds[0]), bytes, dedicated);
+    mem_ = vk::Buffer::import_fd(ctx_, std::move(imp.fds[0]), bytes, dedicated, d.value("buffer_bytes", std::size_t{0}));
     ready_fd_ = std::move(imp.fds[1]);
     ready_ = platform::Segment::map_fd(ready_fd_.dup(), protocol::kFencePageBytes, platform::Access::read_only);
     sem_ = vk::Timeline::import_fd(ctx_, std::move(imp.fds[2]));
@@ -158,16 +171,19 @@ class VulkanConsumer final : public ConsumerTransport {
   std::uint64_t ready_value(std::uint32_t slot) const override {
     return word_at(const_cast<void*>(ready_.data()), slot).load(std::memory_order_acquire);
   }
-  void force_ready(std::uint32_t slot, std::uint64_t seq) noexcept override {
+  void force_ready(std::uint32_t slot, std::uint64_t word, std::uint64_t semaphore_value) noexcept override {
     try {
       auto rw = platform::Segment::map_fd(ready_fd_.dup(), protocol::kFencePageBytes, platform::Access::read_write);
-      fence::host_signal(word_at(rw.data(), slot), seq);
-      sem_.host_signal(seq);  // nothing if the semaphore is there already
+      fence::host_signal(word_at(rw.data(), slot), word);
+      // Nothing if the semaphore is there already; every survivor raises it to the same value, so
+      // one that loses the race to another (Vulkan wants a rising value) loses nothing.
+      sem_.host_signal(semaphore_value);
     } catch (const std::exception& e) {
       log_cleanup_failure(std::string("releasing a dead producer's Vulkan semaphore: ") + e.what());
     }
   }
   std::uint64_t vulkan_buffer() const override { return reinterpret_cast<std::uint64_t>(mem_.get()); }
+  std::uint64_t vulkan_buffer_bytes() const override { return mem_.size(); }
 
  private:
   StreamSpec spec_;

@@ -17,6 +17,13 @@ inline constexpr std::uint64_t kMaxJsonBytes = 1u << 20;  // 1 MiB
 inline constexpr std::uint64_t kMaxManifestBytes = 8u << 20;
 inline constexpr std::size_t kFenceStride = 64;           // one cache line per timeline word
 inline constexpr std::size_t kFencePageBytes = 4096;
+// A ready word a survivor raised for a dead producer holds seq | kForcedReady: it releases every
+// wait (GEQ) and still says "not written by the producer", so that another consumer of the same
+// page does not take the frame for complete (genuinely_ready()).
+inline constexpr std::uint64_t kForcedReady = 1ull << 63;
+inline constexpr bool genuinely_ready(std::uint64_t word, std::uint64_t seq) {
+  return (word & kForcedReady) == 0 && word >= seq;
+}
 
 enum class NodeState : std::uint32_t { starting = 1, running = 2, stopping = 3 };
 

@@ -157,6 +157,7 @@ class Subscriber {
   // For a Vulkan reader (SubscribeOptions::api): the VkBuffer over the stream's memory of the
   // current connection (frames' data are offsets in it); 0 when not connected or not Vulkan.
   std::uint64_t vulkan_buffer() const;
+  std::uint64_t vulkan_buffer_bytes() const;
   Counters counters() const { return counters_; }
   std::string address() const { return node_ + "/" + stream_; }
 

@@ -71,10 +71,14 @@ class ConsumerTransport {
   virtual void signal_released(GpuStream stream, protocol::ReleaseRecord& rec, std::uint64_t seq) = 0;
   // Current ready value of a slot, read on the CPU.
   virtual std::uint64_t ready_value(std::uint32_t slot) const = 0;
-  // The producer is dead: raise ready[slot] to `seq` so that no GPU wait of ours stays blocked.
-  virtual void force_ready(std::uint32_t slot, std::uint64_t seq) noexcept = 0;
-  // The VkBuffer over the stream's memory, for a Vulkan reader; 0 otherwise.
+  // The producer is dead: raise ready[slot] to `word` (seq | kForcedReady) so that no GPU wait of
+  // ours stays blocked; a transport whose waits are on a semaphore raises it to `semaphore_value`,
+  // a value every survivor computes alike (the stream's latest seq at the death, or above), so
+  // that no survivor lowers what another raised (CUDA sets an external timeline semaphore).
+  virtual void force_ready(std::uint32_t slot, std::uint64_t word, std::uint64_t semaphore_value) noexcept = 0;
+  // The VkBuffer over the stream's memory, for a Vulkan reader, and its size; 0 otherwise.
   virtual std::uint64_t vulkan_buffer() const { return 0; }
+  virtual std::uint64_t vulkan_buffer_bytes() const { return 0; }
 };
 
 struct TransportImport {

@@ -63,7 +63,7 @@ nlohmann::json describe();
   X(vkGetDeviceProcAddr) X(vkGetPhysicalDeviceExternalSemaphoreProperties)                             \
   X(vkGetPhysicalDeviceExternalBufferProperties)
 #define DP_VK_DEVICE_FUNCTIONS(X)                                                                      \
-  X(vkDestroyDevice) X(vkGetDeviceQueue) X(vkDeviceWaitIdle) X(vkQueueSubmit) X(vkCreateSemaphore)     \
+  X(vkDestroyDevice) X(vkGetDeviceQueue) X(vkDeviceWaitIdle) X(vkQueueWaitIdle) X(vkQueueSubmit) X(vkCreateSemaphore)     \
   X(vkDestroySemaphore) X(vkGetSemaphoreFdKHR) X(vkImportSemaphoreFdKHR) X(vkGetSemaphoreCounterValue) \
   X(vkWaitSemaphores) X(vkSignalSemaphore) X(vkCreateBuffer) X(vkDestroyBuffer)                        \
   X(vkGetBufferMemoryRequirements) X(vkAllocateMemory) X(vkFreeMemory) X(vkBindBufferMemory)           \
@@ -108,8 +108,13 @@ class Context {
   std::uint32_t memory_type(std::uint32_t bits, VkMemoryPropertyFlags want) const;
   // Whether exportable buffers must be dedicated allocations (the driver's answer).
   bool export_needs_dedicated() const { return dedicated_only_; }
-  // vkQueueSubmit on the process's queue (its access is serialised, as Vulkan requires).
+  // vkQueueSubmit on the process's queue (its access is serialised, as Vulkan requires: submit
+  // through this, not to queue() directly, where other threads may submit too).
   void submit(const VkSubmitInfo& info);
+  // Waits until the queue has run everything submitted (under the same lock).
+  void wait_idle();
+  // The largest storage-buffer binding the device allows (maxStorageBufferRange).
+  std::uint64_t max_storage_range() const { return max_storage_range_; }
   // Whether semaphores and memory can be exported and imported (else: throws VulkanError why).
   bool exports() const { return exports_; }
   void require_exports() const;
@@ -126,6 +131,7 @@ class Context {
   bool dedicated_only_ = false;
   bool exports_ = false;
   std::string missing_;
+  std::uint64_t max_storage_range_ = 0;
   VkPhysicalDeviceMemoryProperties mem_{};
   std::mutex queue_mu_;
 };
@@ -165,9 +171,11 @@ class Buffer {
   enum class Where { device_exportable, device, host };  // host: host-visible, coherent, mapped
   Buffer() = default;
   Buffer(std::shared_ptr<Context> ctx, std::size_t bytes, Where where);
-  // Imports `bytes` of opaque-fd memory (exported by Vulkan, `dedicated` as it was allocated).
-  // Vulkan owns the fd once the import succeeds; on failure it is closed.
-  static Buffer import_fd(std::shared_ptr<Context> ctx, platform::UniqueFd fd, std::size_t bytes, bool dedicated);
+  // Imports `bytes` of opaque-fd memory (exported by Vulkan, `dedicated` as it was allocated),
+  // with a buffer of `buffer_bytes` over it (0: all of it; a dedicated import must repeat the
+  // exporter's buffer size). Vulkan owns the fd once the import succeeds; on failure it is closed.
+  static Buffer import_fd(std::shared_ptr<Context> ctx, platform::UniqueFd fd, std::size_t bytes, bool dedicated,
+                          std::size_t buffer_bytes = 0);
   Buffer(Buffer&& o) noexcept;
   Buffer& operator=(Buffer&& o) noexcept;
   ~Buffer();

@@ -15,10 +15,12 @@ class VulkanFrames {
  public:
   explicit VulkanFrames(std::shared_ptr<vk::Context> ctx);
 
-  // The buffer the frames are in, for every record_* until the next call. Call it again whenever
-  // the buffer may have changed (a reconnect: Frame::generation), even if the handle looks the
-  // same (a destroyed buffer's handle may come back). Waits for the device to be idle.
-  void use_buffer(VkBuffer buffer);
+  // The buffer the frames are in (`bytes` long), for every record_* until the next call. Call it
+  // again whenever the buffer may have changed (a reconnect: Frame::generation), even if the
+  // handle looks the same (a destroyed buffer's handle may come back). Waits for the queue to be
+  // idle. Throws ValidationError for a buffer larger than one storage binding may be
+  // (maxStorageBufferRange, about 4 GiB on NVIDIA): smaller frames or fewer slots.
+  void use_buffer(VkBuffer buffer, std::size_t bytes);
 
   // Records into `cmd` the stamp of the frame of `bytes` at byte `offset` of `buffer` (a
   // multiple of 8, >= kMinStampedBytes; offset a multiple of 8). The recording starts with a
