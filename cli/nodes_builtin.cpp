@@ -181,28 +181,21 @@ int run_checksum_sink(NodeContext& ctx) {
   if (on_gpu) throw Error("stream " + from + " is on the GPU but this build has no CUDA");
 #endif
   std::uint64_t ok = 0, bad = 0;
-  bool gave_up = false;
-  auto last_frame = std::chrono::steady_clock::now();
-  // Where a frame's time goes, for the report: waiting in next(), and (GPU) the stream sync.
-  std::vector<double> next_us, sync_us;
-  std::uint64_t next_seen = 0, sync_seen = 0;
+  FrameWaiter waiter(sub, from, timeout_s);
+  // Where a frame's time goes, for the report: waiting in next() (the waiter), and (GPU) the
+  // stream sync.
+  std::vector<double> sync_us;
+  std::uint64_t sync_seen = 0;
   while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
     GpuStream gs = nullptr;
 #if DIRECTPORT_HAS_CUDA
     if (gpu) gs = gpu->gs();
 #endif
-    const auto t_next = std::chrono::steady_clock::now();
-    auto f = sub.next(std::chrono::milliseconds(100), gs);
-    sample(next_us, next_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
+    auto f = waiter.next(gs);
     if (!f) {
-      if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
-        std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from.c_str(), timeout_s);
-        gave_up = true;
-        break;
-      }
+      if (waiter.gave_up()) break;
       continue;
     }
-    last_frame = std::chrono::steady_clock::now();
     std::uint64_t result;
     if (write_probe) {
 #if DIRECTPORT_HAS_CUDA
@@ -262,11 +255,11 @@ int run_checksum_sink(NodeContext& ctx) {
   nlohmann::json report{{"node", name},         {"type", "checksum-sink"}, {"from", from},
                         {"verified", ok},       {"bad", bad},              {"missed", c.missed},
                         {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
-                        {"next_us", percentiles(next_us)}, {"sync_us", percentiles(sync_us)}};
+                        {"next_us", waiter.next_us()}, {"sync_us", percentiles(sync_us)}};
   if (relay) report["forwarded"] = relay->counters().published;
   std::cout << report.dump() << std::endl;
   // Giving up for lack of frames is a failure: the launcher's restart policy decides what next.
-  return bad == 0 && !gave_up && (frames == 0 || ok >= frames) ? 0 : 2;
+  return bad == 0 && !waiter.gave_up() && (frames == 0 || ok >= frames) ? 0 : 2;
 }
 
 // A stand-in teacher: publishes a tensor of any shape per frame, its values a function of
@@ -362,6 +355,20 @@ void sample(std::vector<double>& v, std::uint64_t& seen, double x) {
   if (v.size() < kMaxSamples) v.push_back(x);
   else v[seen % kMaxSamples] = x;
   ++seen;
+}
+
+std::optional<Frame> FrameWaiter::next(GpuStream stream) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto f = sub_.next(std::chrono::milliseconds(100), stream);
+  const auto now = std::chrono::steady_clock::now();
+  sample(next_us_, next_seen_, std::chrono::duration<double, std::micro>(now - t0).count());
+  if (f) {
+    last_ = now;
+  } else if (now - last_ > std::chrono::duration<double>(timeout_s_)) {
+    std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from_.c_str(), timeout_s_);
+    gave_up_ = true;
+  }
+  return f;
 }
 
 nlohmann::json percentiles(std::vector<double> v) {

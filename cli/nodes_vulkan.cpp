@@ -120,23 +120,15 @@ int run_vulkan_sink(NodeContext& ctx) {
   node.set_running();
 
   std::uint64_t ok = 0, bad = 0;
-  bool gave_up = false;
-  auto last_frame = std::chrono::steady_clock::now();
-  std::vector<double> next_us, verify_us;
-  std::uint64_t next_seen = 0, verify_seen = 0;
+  FrameWaiter waiter(sub, from, timeout_s);
+  std::vector<double> verify_us;
+  std::uint64_t verify_seen = 0;
   while (!NodeContext::stop_requested() && (frames == 0 || ok + bad < frames)) {
-    const auto t_next = std::chrono::steady_clock::now();
-    auto f = sub.next(std::chrono::milliseconds(100));  // waits on the semaphore, on the CPU
-    sample(next_us, next_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_next).count());
+    auto f = waiter.next();  // waits on the semaphore, on the CPU
     if (!f) {
-      if (std::chrono::steady_clock::now() - last_frame > std::chrono::duration<double>(timeout_s)) {
-        std::fprintf(stderr, "no frame from %s for %.1f s: giving up\n", from.c_str(), timeout_s);
-        gave_up = true;
-        break;
-      }
+      if (waiter.gave_up()) break;
       continue;
     }
-    last_frame = std::chrono::steady_clock::now();
     const auto t_verify = std::chrono::steady_clock::now();
     if (f->generation != generation) {  // a new connection: a new buffer (maybe the same handle)
       kernels.use_buffer(reinterpret_cast<VkBuffer>(sub.vulkan_buffer()), sub.vulkan_buffer_bytes());
@@ -165,11 +157,11 @@ int run_vulkan_sink(NodeContext& ctx) {
   std::cout << nlohmann::json{{"node", ctx.name()},     {"type", "vulkan-sink"},        {"from", from},
                               {"verified", ok},         {"bad", bad},                   {"missed", c.missed},
                               {"dropped", c.dropped},   {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
-                              {"device", vk->name()},   {"next_us", percentiles(next_us)},
+                              {"device", vk->name()},   {"next_us", waiter.next_us()},
                               {"verify_us", percentiles(verify_us)}}
                    .dump()
             << std::endl;
-  return bad == 0 && !gave_up && (frames == 0 || ok >= frames) ? 0 : 2;
+  return bad == 0 && !waiter.gave_up() && (frames == 0 || ok >= frames) ? 0 : 2;
 }
 #else
 int run_without_vulkan(NodeContext&) { throw vk::VulkanError("this node needs Vulkan: " + vk::availability().reason); }
