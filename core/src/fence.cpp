@@ -8,6 +8,7 @@
 #include <ctime>
 
 #include "directport/platform/process.hpp"
+#include "directport/platform/shm.hpp"
 
 namespace dp::fence {
 namespace {
@@ -24,6 +25,11 @@ void futex_wait(const protocol::AtomicU64& w, std::uint32_t expected, std::chron
 }
 
 }  // namespace
+
+void raise_in_page(const platform::UniqueFd& page_fd, std::uint32_t slot, std::uint64_t value) {
+  auto rw = platform::Segment::map_fd(page_fd.dup(), protocol::kFencePageBytes, platform::Access::read_write);
+  host_signal(page_word(rw.data(), slot), value);
+}
 
 void host_wake(const protocol::AtomicU64& word) noexcept {
   ::syscall(SYS_futex, low_half(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);

@@ -27,9 +27,7 @@ class HostProducer final : public ProducerTransport {
     return {{"memory_handle", "posix-fd"}, {"fence_handle", "posix-fd"}, {"sealed", mem_.sealed()},
             {"memory_bytes", mem_.size()}};
   }
-  protocol::AtomicU64& ready_word(std::uint32_t slot) override {
-    return *reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(page_.data()) + slot * protocol::kFenceStride);
-  }
+  protocol::AtomicU64& ready_word(std::uint32_t slot) override { return fence::page_word(page_.data(), slot); }
   void attach(ReleasePageView&, platform::Segment&) override {}
   void detach(ReleasePageView&, platform::Segment&&) noexcept override {}
   void wait_released(GpuStream, const ReleasePageView&, std::uint32_t, std::uint64_t) override {}
@@ -68,10 +66,7 @@ class HostConsumer final : public ConsumerTransport {
   }
 
  private:
-  const protocol::AtomicU64& word(std::uint32_t slot) const {
-    return *reinterpret_cast<const protocol::AtomicU64*>(static_cast<const char*>(page_.data()) +
-                                                         slot * protocol::kFenceStride);
-  }
+  const protocol::AtomicU64& word(std::uint32_t slot) const { return fence::page_word(page_.data(), slot); }
   std::size_t stride_;
   std::uint32_t slots_;
   platform::Segment mem_, page_;
@@ -111,8 +106,5 @@ std::unique_ptr<ConsumerTransport> make_consumer_transport(TransportImport imp) 
   if (use_vulkan(imp.api)) return make_vulkan_consumer_transport(std::move(imp));
   return make_cuda_consumer_transport(std::move(imp));
 }
-
-std::uint64_t vulkan_buffer_of(const ProducerTransport& t) { return t.vulkan_buffer(); }
-std::uint64_t vulkan_buffer_of(const ConsumerTransport& t) { return t.vulkan_buffer(); }
 
 }  // namespace dp

@@ -406,10 +406,7 @@ class CudaProducer final : public ProducerTransport {
     }
     return j;
   }
-  protocol::AtomicU64& ready_word(std::uint32_t slot) override {
-    return *reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(ready_.segment().data()) +
-                                                  slot * protocol::kFenceStride);
-  }
+  protocol::AtomicU64& ready_word(std::uint32_t slot) override { return fence::page_word(ready_.segment().data(), slot); }
   void attach(ReleasePageView& page, platform::Segment& mapping) override {
     cuda::use_device(device_);
     PeerPage pp{register_peer_page(mapping.fd(), device_), Event()};
@@ -596,16 +593,11 @@ class CudaConsumer final : public ConsumerTransport {
     DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), own_.dptr() + off, seq, 0);
   }
   std::uint64_t ready_value(std::uint32_t slot) const override {
-    return reinterpret_cast<const protocol::AtomicU64*>(static_cast<const char*>(ready_.segment().data()) +
-                                                        slot * protocol::kFenceStride)
-        ->load(std::memory_order_acquire);
+    return fence::page_word(ready_.segment().data(), slot).load(std::memory_order_acquire);
   }
   void force_ready(std::uint32_t slot, std::uint64_t word, std::uint64_t semaphore_value) noexcept override {
     try {
-      auto rw = platform::Segment::map_fd(ready_fd_.dup(), protocol::kFencePageBytes, platform::Access::read_write);
-      fence::host_signal(*reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(rw.data()) +
-                                                                 slot * protocol::kFenceStride),
-                         word);
+      fence::raise_in_page(ready_fd_, slot, word);
       if (ext_sem_) {
         // Our GPU waits are on the semaphore: raise it too, from a stream of our own (the
         // watchdog's thread; the application's stream may be blocked on this very wait). CUDA

@@ -22,10 +22,6 @@ namespace {
 
 std::size_t round_up(std::size_t v, std::size_t a) { return (v + a - 1) / a * a; }
 
-protocol::AtomicU64& word_at(void* page, std::uint32_t slot) {
-  return *reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(page) + slot * protocol::kFenceStride);
-}
-
 class VulkanProducer final : public ProducerTransport {
  public:
   VulkanProducer(const StreamSpec& spec, const std::string& name)
@@ -64,7 +60,7 @@ class VulkanProducer final : public ProducerTransport {
             {"fence_handle", "posix-fd"},          {"semaphore_handle", "vulkan-timeline-opaque-fd"},
             {"writer", "vulkan"}};
   }
-  protocol::AtomicU64& ready_word(std::uint32_t slot) override { return word_at(ready_.data(), slot); }
+  protocol::AtomicU64& ready_word(std::uint32_t slot) override { return fence::page_word(ready_.data(), slot); }
   void attach(ReleasePageView&, platform::Segment&) override {}
   void detach(ReleasePageView&, platform::Segment&&) noexcept override {}
   void wait_released(GpuStream, const ReleasePageView&, std::uint32_t, std::uint64_t) override {
@@ -169,12 +165,11 @@ class VulkanConsumer final : public ConsumerTransport {
     fence::host_signal(rec.released, seq);
   }
   std::uint64_t ready_value(std::uint32_t slot) const override {
-    return word_at(const_cast<void*>(ready_.data()), slot).load(std::memory_order_acquire);
+    return fence::page_word(ready_.data(), slot).load(std::memory_order_acquire);
   }
   void force_ready(std::uint32_t slot, std::uint64_t word, std::uint64_t semaphore_value) noexcept override {
     try {
-      auto rw = platform::Segment::map_fd(ready_fd_.dup(), protocol::kFencePageBytes, platform::Access::read_write);
-      fence::host_signal(word_at(rw.data(), slot), word);
+      fence::raise_in_page(ready_fd_, slot, word);
       // Nothing if the semaphore is there already; every survivor raises it to the same value, so
       // one that loses the race to another (Vulkan wants a rising value) loses nothing.
       sem_.host_signal(semaphore_value);

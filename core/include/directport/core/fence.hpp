@@ -7,8 +7,21 @@
 #include <functional>
 
 #include "directport/core/protocol.hpp"
+#include "directport/platform/fd.hpp"
 
 namespace dp::fence {
+
+// Slot `slot`'s timeline word in a fence page (kFenceStride apart).
+inline protocol::AtomicU64& page_word(void* page, std::uint32_t slot) {
+  return *reinterpret_cast<protocol::AtomicU64*>(static_cast<char*>(page) + slot * protocol::kFenceStride);
+}
+inline const protocol::AtomicU64& page_word(const void* page, std::uint32_t slot) {
+  return *reinterpret_cast<const protocol::AtomicU64*>(static_cast<const char*>(page) + slot * protocol::kFenceStride);
+}
+
+// A survivor's write into a dead peer's fence page, which it otherwise maps read-only: maps the
+// page from `page_fd` writable for the moment and raises slot `slot`'s word to `value`.
+void raise_in_page(const platform::UniqueFd& page_fd, std::uint32_t slot, std::uint64_t value);
 
 // Raises `word` to `value` (never lowers it) and wakes every waiter in any process.
 void host_signal(protocol::AtomicU64& word, std::uint64_t value) noexcept;

@@ -55,7 +55,8 @@ class ProducerTransport {
   // be taken, its wait enqueued on our stream (wait_released). False: only once the release
   // has executed, seen on the CPU (cuda::fence_waits).
   virtual bool gpu_waits() const { return false; }
-  // The VkBuffer over the stream's memory, for a Vulkan writer; 0 otherwise.
+  // The VkBuffer over the stream's memory, for a Vulkan writer; 0 otherwise. A Vulkan
+  // transport's SlotLease::data is the slot's byte offset in it, not an address.
   virtual std::uint64_t vulkan_buffer() const { return 0; }
 };
 
@@ -102,9 +103,5 @@ std::unique_ptr<ConsumerTransport> make_cuda_consumer_transport(TransportImport 
 // In vulkan/vulkan_transport.cpp (throw "not built" without the Vulkan headers).
 std::unique_ptr<ProducerTransport> make_vulkan_producer_transport(const StreamSpec& spec, const std::string& debug_name);
 std::unique_ptr<ConsumerTransport> make_vulkan_consumer_transport(TransportImport imp);
-// For the Vulkan transports: the stream's memory as a VkBuffer handle (0 for the others). Their
-// SlotLease::data and Frame::data hold the slot's byte offset in that buffer, not an address.
-std::uint64_t vulkan_buffer_of(const ProducerTransport& t);
-std::uint64_t vulkan_buffer_of(const ConsumerTransport& t);
 
 }  // namespace dp
