@@ -185,78 +185,78 @@ int driver_main(const Args& a) {
     return 2;
   }
   std::string card = probe["devices"][0]["name"];
+  for (auto& fence : split(a.fences)) parse_fence_kind(fence);  // a bad name fails before any process starts
   std::printf("DirectPort transport benchmark on %s (cuda-vmm memory; fences: %s)\n", card.c_str(), a.fences.c_str());
   std::printf("%16s %10s %4s %10s %10s %12s %10s %10s %10s %10s\n", "fence", "size", "K", "p50 us", "p99 us",
               "publish/s", "acq cpu", "pub cpu", "next cpu", "rel cpu");
   nlohmann::json rows = nlohmann::json::array();
   for (auto& fence : split(a.fences)) {
-  parse_fence_kind(fence);  // a bad name fails here, before any process starts
-  for (auto& ks : split(a.consumers)) {
-    for (auto& ss : split(a.sizes)) {
-      std::uint64_t bytes = parse_size(ss), k = parse_size(ks);
-      std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
-      std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks + "-" + fence.substr(0, 1);
-      std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
-                                      std::to_string(frames), "--k", ks, "--fence", fence};
-      auto pa = common;
-      pa.insert(pa.begin(), {"--role", "producer"});
-      auto prod = spawn(pa);
-      bool up = false;
-      for (int i = 0; i < 500 && !up && prod.running(); ++i) {
-        for (auto& nd : list_nodes(domain)) up = up || nd.state == protocol::NodeState::running;
-        if (!up) prod.wait_for(std::chrono::milliseconds(10));
+    for (auto& ks : split(a.consumers)) {
+      for (auto& ss : split(a.sizes)) {
+        std::uint64_t bytes = parse_size(ss), k = parse_size(ks);
+        std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
+        std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks + "-" + fence.substr(0, 1);
+        std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
+                                        std::to_string(frames), "--k", ks, "--fence", fence};
+        auto pa = common;
+        pa.insert(pa.begin(), {"--role", "producer"});
+        auto prod = spawn(pa);
+        bool up = false;
+        for (int i = 0; i < 500 && !up && prod.running(); ++i) {
+          for (auto& nd : list_nodes(domain)) up = up || nd.state == protocol::NodeState::running;
+          if (!up) prod.wait_for(std::chrono::milliseconds(10));
+        }
+        std::vector<platform::Child> cons;
+        for (std::uint64_t i = 0; up && i < k; ++i) {
+          auto ca = common;
+          ca.insert(ca.begin(), {"--role", "consumer", "--index", std::to_string(i)});
+          cons.push_back(spawn(ca));
+        }
+        std::vector<nlohmann::json> cj;
+        bool ok = up;
+        for (auto& c : cons) {
+          auto j = collect(c, ok);
+          if (!j.is_null()) cj.push_back(j);
+        }
+        if (!ok) prod.signal(SIGKILL);  // it may still wait for consumers that are gone
+        auto pj = collect(prod, ok);
+        ok = ok && !pj.is_null() && cj.size() == k;
+        if (!ok) {
+          std::printf("%16s %10s %4s FAILED (a process exited badly or did not start)\n", fence.c_str(), ss.c_str(),
+                      ks.c_str());
+          rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ok", false}});
+          continue;
+        }
+        std::vector<double> p50, p99, nx, rl;
+        for (auto& c : cj) {
+          p50.push_back(c["latency_us_p50"]);
+          p99.push_back(c["latency_us_p99"]);
+          nx.push_back(c["next_cpu_us_p50"]);
+          rl.push_back(c["release_cpu_us_p50"]);
+        }
+        nlohmann::json row{{"bytes", bytes},
+                           {"consumers", k},
+                           {"fence", fence},
+                           {"ok", true},
+                           {"card", card},
+                           {"latency_us_p50", pct(p50, 0.5)},
+                           {"latency_us_p99", *std::max_element(p99.begin(), p99.end())},
+                           {"publishes_per_s", pj["publishes_per_s"]},
+                           {"acquire_cpu_us_p50", pj["acquire_cpu_us_p50"]},
+                           {"publish_cpu_us_p50", pj["publish_cpu_us_p50"]},
+                           {"next_cpu_us_p50", pct(nx, 0.5)},
+                           {"release_cpu_us_p50", pct(rl, 0.5)},
+                           {"dropped", pj["dropped"]},
+                           {"per_consumer", cj}};
+        std::printf("%16s %10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", fence.c_str(), ss.c_str(), ks.c_str(),
+                    row["latency_us_p50"].get<double>(), row["latency_us_p99"].get<double>(),
+                    row["publishes_per_s"].get<double>(), row["acquire_cpu_us_p50"].get<double>(),
+                    row["publish_cpu_us_p50"].get<double>(), row["next_cpu_us_p50"].get<double>(),
+                    row["release_cpu_us_p50"].get<double>());
+        std::fflush(stdout);
+        rows.push_back(row);
       }
-      std::vector<platform::Child> cons;
-      for (std::uint64_t i = 0; up && i < k; ++i) {
-        auto ca = common;
-        ca.insert(ca.begin(), {"--role", "consumer", "--index", std::to_string(i)});
-        cons.push_back(spawn(ca));
-      }
-      std::vector<nlohmann::json> cj;
-      bool ok = up;
-      for (auto& c : cons) {
-        auto j = collect(c, ok);
-        if (!j.is_null()) cj.push_back(j);
-      }
-      if (!ok) prod.signal(SIGKILL);  // it may still wait for consumers that are gone
-      auto pj = collect(prod, ok);
-      ok = ok && !pj.is_null() && cj.size() == k;
-      if (!ok) {
-        std::printf("%16s %10s %4s FAILED (a process exited badly or did not start)\n", fence.c_str(), ss.c_str(),
-                    ks.c_str());
-        rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ok", false}});
-        continue;
-      }
-      std::vector<double> p50, p99, nx, rl;
-      for (auto& c : cj) {
-        p50.push_back(c["latency_us_p50"]);
-        p99.push_back(c["latency_us_p99"]);
-        nx.push_back(c["next_cpu_us_p50"]);
-        rl.push_back(c["release_cpu_us_p50"]);
-      }
-      nlohmann::json row{{"bytes", bytes},
-                         {"consumers", k},
-                         {"fence", fence},
-                         {"ok", true},
-                         {"card", card},
-                         {"latency_us_p50", pct(p50, 0.5)},
-                         {"latency_us_p99", *std::max_element(p99.begin(), p99.end())},
-                         {"publishes_per_s", pj["publishes_per_s"]},
-                         {"acquire_cpu_us_p50", pj["acquire_cpu_us_p50"]},
-                         {"publish_cpu_us_p50", pj["publish_cpu_us_p50"]},
-                         {"next_cpu_us_p50", pct(nx, 0.5)},
-                         {"release_cpu_us_p50", pct(rl, 0.5)},
-                         {"dropped", pj["dropped"]},
-                         {"per_consumer", cj}};
-      std::printf("%16s %10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", fence.c_str(), ss.c_str(), ks.c_str(),
-                  row["latency_us_p50"].get<double>(), row["latency_us_p99"].get<double>(),
-                  row["publishes_per_s"].get<double>(), row["acquire_cpu_us_p50"].get<double>(),
-                  row["publish_cpu_us_p50"].get<double>(), row["next_cpu_us_p50"].get<double>(),
-                  row["release_cpu_us_p50"].get<double>());
-      std::fflush(stdout);
-      rows.push_back(row);
     }
-  }
   }
   if (!a.json.empty()) {
     std::ofstream(a.json) << nlohmann::json{{"card", card}, {"benchmark", "transport"}, {"rows", rows}}.dump(2) << "\n";

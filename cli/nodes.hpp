@@ -39,6 +39,10 @@ class FrameWaiter {
   std::vector<double> next_us_;
   std::uint64_t next_seen_ = 0;
 };
+// The stream of self-verifying frames pattern-source and vulkan-source publish, from their params
+// `stream`, `bytes` (checked: a multiple of 8, at least kernels::kMinStampedBytes) and `slots`;
+// memory and fence are the caller's.
+StreamSpec stamped_frames_spec(const nlohmann::json& params);
 // vulkan-source and vulkan-sink (nodes_vulkan.cpp); called by register_builtin_nodes.
 void register_vulkan_nodes(NodeRegistry& r);
 // "auto" | "host" | "cuda-vmm" | "cuda-ipc" -> the memory kind to use here.

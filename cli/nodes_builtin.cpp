@@ -75,22 +75,13 @@ struct GpuScratch {
 };
 #endif
 
-
 int run_pattern_source(NodeContext& ctx) {
   const auto& name = ctx.name();
   const auto& p = ctx.params();
-  StreamSpec spec;
-  spec.name = p["stream"].get<std::string>();
-  auto bytes = p["bytes"].get<std::uint64_t>();
-  if (bytes % 8 || bytes < kernels::kMinStampedBytes) {
-    throw ValidationError("param 'bytes' must be a multiple of 8 and at least 24, got " + std::to_string(bytes));
-  }
-  spec.dtype = DType::u64;
-  spec.shape = {static_cast<std::int64_t>(bytes / 8)};
-  spec.slots = p["slots"].get<std::uint32_t>();
+  StreamSpec spec = stamped_frames_spec(p);
+  const std::uint64_t bytes = spec.frame_bytes();
   spec.memory = choose_memory(p["memory"].get<std::string>());
   spec.fence = choose_fence(p["fence"].get<std::string>(), spec.memory);
-  spec.validate();
   double rate = p["rate_hz"].get<double>();
   auto frames = p["frames"].get<std::uint64_t>();
   auto wait_subs = p["wait_subscribers"].get<std::uint64_t>();
@@ -121,7 +112,7 @@ int run_pattern_source(NodeContext& ctx) {
     }();
     sample(acquire_us, acquire_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_acq).count());
     if (!lease) continue;  // dropped (counted); try again
-    std::uint64_t seed = lease->seq * 7919 + 17;
+    const std::uint64_t seed = kernels::stamp_seed(lease->seq);
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
       kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->reduce, gpu->gs());
@@ -350,6 +341,19 @@ int run_tensor_source(NodeContext& ctx) {
 }  // namespace
 
 MemoryKind parse_memory_choice(const std::string& m) { return choose_memory(m); }
+
+StreamSpec stamped_frames_spec(const nlohmann::json& p) {
+  StreamSpec spec;
+  spec.name = p["stream"].get<std::string>();
+  const auto bytes = p["bytes"].get<std::uint64_t>();
+  if (bytes % 8 || bytes < kernels::kMinStampedBytes) {
+    throw ValidationError("param 'bytes' must be a multiple of 8 and at least 24, got " + std::to_string(bytes));
+  }
+  spec.dtype = DType::u64;
+  spec.shape = {static_cast<std::int64_t>(bytes / 8)};
+  spec.slots = p["slots"].get<std::uint32_t>();
+  return spec;
+}
 
 void sample(std::vector<double>& v, std::uint64_t& seen, double x) {
   if (v.size() < kMaxSamples) v.push_back(x);

@@ -31,15 +31,8 @@ void submit(vk::Context& ctx, VkCommandBuffer cmd, const vk::Timeline* done = nu
 
 int run_vulkan_source(NodeContext& ctx) {
   const auto& p = ctx.params();
-  StreamSpec spec;
-  spec.name = p["stream"].get<std::string>();
-  const auto bytes = p["bytes"].get<std::uint64_t>();
-  if (bytes % 8 || bytes < kernels::kMinStampedBytes) {
-    throw ValidationError("param 'bytes' must be a multiple of 8 and at least 24, got " + std::to_string(bytes));
-  }
-  spec.dtype = DType::u64;
-  spec.shape = {static_cast<std::int64_t>(bytes / 8)};
-  spec.slots = p["slots"].get<std::uint32_t>();
+  StreamSpec spec = stamped_frames_spec(p);
+  const std::uint64_t bytes = spec.frame_bytes();
   spec.memory = MemoryKind::vulkan;
   spec.fence = FenceKind::vulkan_timeline;
   const double rate = p["rate_hz"].get<double>();
@@ -49,7 +42,7 @@ int run_vulkan_source(NodeContext& ctx) {
   Node& node = ctx.node();
   auto& pub = node.advertise(spec, GpuApi::vulkan);
   auto vk = vk::Context::get();
-  const auto buffer = reinterpret_cast<VkBuffer>(vulkan_buffer_of(pub.transport()));
+  const auto buffer = reinterpret_cast<VkBuffer>(pub.transport().vulkan_buffer());
   kernels::VulkanFrames kernels(vk);
   kernels.use_buffer(buffer, pub.transport().slot_stride() * spec.slots);
   vk::Commands commands(vk);
@@ -75,7 +68,7 @@ int run_vulkan_source(NodeContext& ctx) {
     VkCommandBuffer c = cmd[lease->slot];
     commands.begin(c);
     kernels.record_stamp(c, reinterpret_cast<std::uintptr_t>(lease->data), lease->bytes, lease->seq,
-                         lease->seq * 7919 + 17);
+                         kernels::stamp_seed(lease->seq));
     commands.end(c);
     submit(*vk, c);
     pub.publish(*lease, {lease->seq, 0, 0});  // the semaphore is signalled after the submission

@@ -14,6 +14,10 @@ enum FrameCheck : std::uint64_t { kFrameOk = 0, kFrameWrongSeq = 1, kFrameBadChe
 
 inline constexpr std::size_t kMinStampedBytes = 24;
 
+// The fill seed of frame `seq` in the stamped streams of pattern-source and vulkan-source (any
+// seed verifies; a fixed rule makes their frames the same).
+inline constexpr std::uint64_t stamp_seed(std::uint64_t seq) { return seq * 7919 + 17; }
+
 void stamp_frame_cpu(void* dst, std::size_t bytes, std::uint64_t seq, std::uint64_t seed);
 FrameCheck verify_frame_cpu(const void* src, std::size_t bytes, std::uint64_t expected_seq);
 
