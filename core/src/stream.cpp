@@ -83,7 +83,12 @@ bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
 std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
   const std::int64_t deadline = platform::monotonic_ns() +
                                 std::chrono::duration_cast<std::chrono::nanoseconds>(spec_.acquire_timeout).count();
-  std::int64_t backoff_ns = 2000;
+  // No slot free: poll for kAcquireSpinNs (a slot usually comes back within a GPU round trip,
+  // tens of microseconds, and a sleep costs at least the kernel's timer slack, ~50 us), then
+  // sleep with a doubling back-off.
+  constexpr std::int64_t kAcquireSpinNs = 100000;
+  const std::int64_t spin_until = platform::monotonic_ns() + kAcquireSpinNs;
+  std::int64_t backoff_ns = 10000;
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -98,6 +103,10 @@ std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
     if (platform::monotonic_ns() >= deadline) {
       control_.dropped.fetch_add(1, std::memory_order_relaxed);
       return std::nullopt;
+    }
+    if (platform::monotonic_ns() < spin_until) {
+      platform::cpu_relax();
+      continue;
     }
     std::this_thread::sleep_for(std::chrono::nanoseconds(backoff_ns));
     backoff_ns = std::min<std::int64_t>(backoff_ns * 2, 200000);
@@ -117,9 +126,20 @@ void Publisher::publish(const SlotLease& lease, const FrameInfo& info, GpuStream
   meta.flags.store(0, std::memory_order_relaxed);
   meta.seq.store(lease.seq, std::memory_order_release);
   control_.latest_slot.store(lease.slot, std::memory_order_relaxed);
-  control_.latest_seq.store(lease.seq, std::memory_order_release);
+  // seq_cst store, then seq_cst loads of the consumers' `sleeping` flags; a consumer sets its flag
+  // (seq_cst) and then looks at latest_seq (seq_cst) before it sleeps: either it sees this frame
+  // or we see its flag, so skipping the wake-up when no flag is set loses none (PROTOCOL.md §9.2).
+  control_.latest_seq.store(lease.seq, std::memory_order_seq_cst);
   control_.published.fetch_add(1, std::memory_order_relaxed);
-  fence::host_wake(control_.latest_seq);
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& s : subs_) wake = wake || s->view.state->sleeping.load(std::memory_order_seq_cst) != 0;
+  }
+  if (wake) {
+    fence::host_wake(control_.latest_seq);
+    wakeups_.fetch_add(1, std::memory_order_relaxed);
+  }
   ++next_seq_;
 }
 
@@ -129,7 +149,7 @@ void Publisher::abandon(const SlotLease& lease) {
 }
 
 Publisher::Counters Publisher::counters() const {
-  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load()};
+  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load(), wakeups_.load()};
 }
 
 nlohmann::json Publisher::describe() const {
@@ -155,6 +175,8 @@ nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const st
   s->client = client;
   s->mapping = platform::Segment::map_fd(std::move(release_page), protocol::kFencePageBytes, platform::Access::read_only);
   s->view.records = static_cast<const ReleaseRecord*>(s->mapping.data());
+  s->view.state = reinterpret_cast<const protocol::ConsumerState*>(static_cast<const char*>(s->mapping.data()) +
+                                                                   protocol::kConsumerStateOffset);
   transport_->attach(s->view, s->mapping);
   fds_out = transport_->export_fds();
   std::lock_guard<std::mutex> lock(mu_);
@@ -214,6 +236,7 @@ nlohmann::json Publisher::consumers() const {
       last = std::max(last, h);
     }
     out.push_back({{"subscription", s->id}, {"client", s->client}, {"connection", s->connection_id}, {"holding", held},
+                   {"sleeping", s->view.state->sleeping.load() != 0},
                    {"last_taken", last}, {"lag", last ? control_.latest_seq.load() - std::min(last, control_.latest_seq.load()) : 0}});
   }
   return out;
@@ -233,6 +256,9 @@ struct Subscriber::Connection {
   std::size_t held = 0;
   std::vector<std::uint64_t> invalid_seqs;  // frames invalidated by the producer's death
   ReleaseRecord& record(std::uint32_t slot) { return static_cast<ReleaseRecord*>(page.data())[slot]; }
+  protocol::ConsumerState& state() {
+    return *reinterpret_cast<protocol::ConsumerState*>(static_cast<char*>(page.data()) + protocol::kConsumerStateOffset);
+  }
 
   // GPU subscriptions: our streams may wait on the producer's ready words while the application
   // thread is blocked (e.g. in cudaStreamSynchronize). A watchdog notices the producer's death
@@ -335,6 +361,7 @@ void Subscriber::connect(bool* settled) {
                                     opts_.connect_timeout);
   c->page = platform::Segment::create_anonymous("dp-release-" + stream_, protocol::kFencePageBytes, false);
   for (std::uint32_t k = 0; k < protocol::kMaxSlots; ++k) new (&c->record(k)) ReleaseRecord{};
+  new (&c->state()) protocol::ConsumerState{};
   auto reply = c->client.request({{"op", "subscribe"}, {"stream", stream_}}, {c->page.fd().get()}, opts_.connect_timeout);
   // The producer answered: from here on, a problem is what it sent, and waiting cannot help.
   if (settled) *settled = true;
@@ -496,8 +523,14 @@ std::optional<Frame> Subscriber::next(std::chrono::nanoseconds timeout, GpuStrea
         }
         if (conn_->control->latest_seq.load(std::memory_order_acquire) != l) continue;
       }
-      fence::host_wait_change(conn_->control->latest_seq, l,
-                              std::chrono::nanoseconds(std::min<std::int64_t>(left, 10000000)));
+      // Tell the producer we sleep (it wakes only sleepers), then look once more (publish()).
+      auto& sleeping = conn_->state().sleeping;
+      sleeping.store(1, std::memory_order_seq_cst);
+      if (conn_->control->latest_seq.load(std::memory_order_seq_cst) == l) {
+        fence::host_wait_change(conn_->control->latest_seq, l,
+                                std::chrono::nanoseconds(std::min<std::int64_t>(left, 10000000)));
+      }
+      sleeping.store(0, std::memory_order_relaxed);
     } else {
       std::int64_t left = deadline - platform::monotonic_ns();
       if (left <= 0) return std::nullopt;

@@ -210,7 +210,8 @@ TEST_F(BrokerTest, MalformedMessageBeforeHelloIsAnErrorReplyThenDrop) {
 
 TEST_F(BrokerTest, HelloWithMistypedFieldsIsRefusedAndDropped) {
   broker().start();
-  for (std::string bad : {R"({"op":"hello","abi":"x"})", R"({"op":"hello","abi":1,"client":7})"}) {
+  for (std::string bad : {std::string(R"({"op":"hello","abi":"x"})"),
+                          nlohmann::json{{"op", "hello"}, {"abi", protocol::kAbiVersion}, {"client", 7}}.dump()}) {
     auto s = raw();
     s.send(bad);
     auto r = reply(s);
@@ -355,7 +356,7 @@ TEST_F(BrokerTest, ManyClientsAtOnce) {
   broker().start();
   std::vector<LocalSocket> socks;
   for (int i = 0; i < 24; ++i) socks.push_back(raw());  // all pending before any hello
-  for (auto& s : socks) s.send(R"({"op":"hello","abi":1,"client":"many"})");
+  for (auto& s : socks) s.send(nlohmann::json{{"op", "hello"}, {"abi", protocol::kAbiVersion}, {"client", "many"}}.dump());
   for (auto& s : socks) {
     auto r = reply(s);
     ASSERT_FALSE(r.is_null());
@@ -383,7 +384,7 @@ TEST_F(BrokerTest, ChurnOfClientsNeverDropsAGoodOne) {
         ++i;
       }
     }
-    for (auto& s : fresh) s.send(R"({"op":"hello","abi":1,"client":"churn"})");
+    for (auto& s : fresh) s.send(nlohmann::json{{"op", "hello"}, {"abi", protocol::kAbiVersion}, {"client", "churn"}}.dump());
     for (auto& s : fresh) {
       auto r = reply(s);
       if (r.is_null() || r["op"] != "welcome") {
@@ -526,7 +527,7 @@ TEST_F(BrokerMP, PeerWithAnotherUidIsRefusedUnlessAllowed) {
       std::string got = "EOF";
       try {
         auto s = LocalSocket::connect(opts_.socket_name);
-        s.send(R"({"op":"hello","abi":1,"client":"stranger"})");
+        s.send(nlohmann::json{{"op", "hello"}, {"abi", protocol::kAbiVersion}, {"client", "stranger"}}.dump());
         if (auto m = s.receive(5000ms)) got = m->bytes;
       } catch (const SystemError&) {
         // EPIPE/ECONNRESET: the broker closed the refused connection before our hello went out.

@@ -126,6 +126,39 @@ TEST_F(StreamHost, PublishAndReceiveInOneProcess) {
   EXPECT_EQ(sub.state(), Subscriber::State::connected);
 }
 
+// publish() makes the futex wake-up system call only when a consumer sleeps on the stream
+// (ConsumerState::sleeping), and then the sleeper gets the frame.
+TEST_F(StreamHost, PublishWakesOnlyWhenAConsumerSleeps) {
+  Node node(node_opts("cam"));
+  auto& pub = node.advertise(test::host_spec("rgb", kBytes));
+  Subscriber sub("cam", "rgb", sub_opts());
+  test::PublishStats ps;
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  EXPECT_EQ(pub.counters().wakeups, 0u) << "nobody sleeps: no wake-up";
+  auto f = sub.next(1s);
+  ASSERT_TRUE(f);
+  sub.release(*f);
+  EXPECT_EQ(pub.consumers()[0]["sleeping"], false);
+  // A sleeper's flag drops for a few instructions every 10 ms (it looks at the producer again),
+  // so a publish may find it awake now and then: five rounds, at least four wake-ups.
+  test::FrameVerifier v(seed_, 1, kBytes);
+  for (std::uint64_t round = 0; round < 5; ++round) {
+    std::optional<Frame> got;
+    std::thread waiter([&] { got = sub.next(20s); });
+    ASSERT_TRUE(test::wait_until([&] { return pub.consumers()[0]["sleeping"] == true; }, 10s))
+        << "the consumer never said it sleeps";
+    ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+    waiter.join();
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->seq, round + 2);
+    EXPECT_TRUE(v.check(*got)) << v.to_json();
+    EXPECT_EQ(pub.consumers()[0]["sleeping"], false) << "awake again";
+    sub.release(*got);
+  }
+  EXPECT_GE(pub.counters().wakeups, 4u);
+  EXPECT_LE(pub.counters().wakeups, 5u);
+}
+
 TEST_F(StreamHost, LatestSkipsToTheNewest) {
   Node node(node_opts("cam"));
   auto& pub = node.advertise(test::host_spec("rgb", kBytes));

@@ -184,7 +184,7 @@ TEST_F(Bounds, OversizedOrDescriptorFloodedMessagesCostOnlyTheirSender) {
       fds.push_back(segs.back().fd().get());
     }
     auto flood = LocalSocket::connect(broker_of("src"));
-    std::string body = R"({"op":"hello","abi":1})";
+    std::string body = nlohmann::json{{"op", "hello"}, {"abi", dp::protocol::kAbiVersion}}.dump();
     iovec iov{body.data(), body.size()};
     msghdr msg{};
     msg.msg_iov = &iov;

@@ -9,7 +9,7 @@
 
 namespace dp::protocol {
 
-inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint32_t kAbiVersion = 2;  // 2: ConsumerState in the release page
 inline constexpr char kManifestMagic[8] = {'D', 'P', 'M', 'A', 'N', 'I', 'F', '1'};
 inline constexpr std::uint32_t kMaxSlots = 16;
 inline constexpr std::uint32_t kMaxStreams = 64;
@@ -92,5 +92,17 @@ struct ReleaseRecord {
   std::uint64_t reserved[5];
 };
 static_assert(sizeof(ReleaseRecord) == kFenceStride, "ABI: release record");
+
+// In a subscription's page, after the kMaxSlots release records: what the producer needs to know
+// of the consumer beyond its holds.
+struct ConsumerState {
+  // Nonzero while the consumer sleeps (or is about to) in a futex wait on the stream's
+  // latest_seq: publish() makes the wake-up system call only when some consumer's is set.
+  AtomicU64 sleeping;
+  std::uint64_t reserved[7];
+};
+inline constexpr std::size_t kConsumerStateOffset = kMaxSlots * kFenceStride;
+static_assert(sizeof(ConsumerState) == 64 && kConsumerStateOffset + sizeof(ConsumerState) <= kFencePageBytes,
+              "ABI: consumer state");
 
 }  // namespace dp::protocol

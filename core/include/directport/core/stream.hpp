@@ -9,6 +9,7 @@
 // removes subscriptions concurrently, under a lock). A Subscriber is used by one thread.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -43,6 +44,8 @@ class Publisher {
     std::uint64_t published = 0;
     std::uint64_t dropped = 0;      // no slot free within spec.acquire_timeout
     std::uint64_t subscribers = 0;  // live now
+    std::uint64_t wakeups = 0;      // publishes that woke sleeping consumers (a system call; the
+                                    // others found every consumer awake and made none)
   };
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
@@ -94,6 +97,7 @@ class Publisher {
   std::uint64_t next_seq_ = 1;
   std::uint32_t last_slot_ = 0;
   std::uint64_t next_sub_id_ = 1;
+  std::atomic<std::uint64_t> wakeups_{0};
 };
 
 struct SubscribeOptions {

@@ -27,6 +27,7 @@ enum class GpuApi : std::uint8_t { automatic, cuda, vulkan };
 // is made only to release a dead consumer's pending fences.
 struct ReleasePageView {
   const protocol::ReleaseRecord* records = nullptr;  // one per slot
+  const protocol::ConsumerState* state = nullptr;    // at kConsumerStateOffset
   void* gpu_handle = nullptr;                        // backend data (e.g. device pointer)
 };
 

@@ -21,6 +21,16 @@ bool is_alive(const ProcessIdentity& id);
 
 std::uint32_t current_uid();
 std::int64_t monotonic_ns();
+
+// One iteration's pause in a busy-wait loop (the CPU's spin-wait hint), cheaper for the sibling
+// hyper-thread and the memory system than an empty loop.
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
 std::int64_t realtime_ns();
 std::string hostname();
 
