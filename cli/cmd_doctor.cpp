@@ -95,6 +95,11 @@ void add_doctor(CLI::App& app, int& exit_code) {
           std::printf("  fence waits: on the %s (%s)\n", c["fence_waits"]["where"].get<std::string>().c_str(),
                       c["fence_waits"]["why"].get<std::string>().c_str());
         }
+        if (c.contains("ready_words")) {
+          std::printf("  ready words of cuda-vmm streams: in %s memory (%s)\n",
+                      c["ready_words"]["where"].get<std::string>().c_str(),
+                      c["ready_words"]["why"].get<std::string>().c_str());
+        }
         if (c.value("mps", false)) {
           std::printf("  MPS: this process is an MPS client: the graph's processes share the GPU side by side\n");
         } else if (c.contains("mps")) {

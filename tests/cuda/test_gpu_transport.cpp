@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "directport/core/discovery.hpp"
+#include "directport/core/manifest.hpp"
 #include "directport/cuda/device.hpp"
 #include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
@@ -162,6 +163,27 @@ TEST_F(GpuTransport, LegacyIpcMemoryKindCarriesVerifiedFrames) {
   EXPECT_EQ(j.value("bad", 1), 0u);
   src.signal(SIGTERM);
   EXPECT_EQ(finish(src).first, 0);
+}
+
+// Where the ready words live (DIRECTPORT_READY_WORDS in the producer; its manifest says which)
+// changes nothing a consumer can see but the speed: both carry verified frames.
+TEST_F(GpuTransport, ReadyWordsInDeviceOrHostMemoryCarryVerifiedFrames) {
+  for (std::string where : {"device", "host"}) {
+    SCOPED_TRACE(where);
+    ::setenv("DIRECTPORT_READY_WORDS", where.c_str(), 1);
+    auto src = source(1 << 20, 1);
+    ::unsetenv("DIRECTPORT_READY_WORDS");
+    auto doc = dp::ManifestReader::open(domain_, "src").json();
+    EXPECT_EQ(doc["streams"][0].value("ready_words", std::string("?")), where) << doc.dump();
+    auto s = sink(0, 3000);
+    auto [rc, j] = finish(s);
+    EXPECT_EQ(rc, 0) << j.dump();
+    EXPECT_EQ(j.value("bad", 1), 0u);
+    EXPECT_GE(j.value("verified", 0ull), 3000u) << j.dump();
+    src.signal(SIGTERM);
+    EXPECT_EQ(finish(src).first, 0);
+    dp::remove_stale(domain_, std::chrono::seconds(0));
+  }
 }
 
 }  // namespace

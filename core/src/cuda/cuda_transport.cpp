@@ -352,6 +352,26 @@ class CudaProducer final : public ProducerTransport {
     ready_ = RegisteredPage(platform::Segment::create_anonymous("dp-ready-" + name, protocol::kFencePageBytes, false),
                             false);
     for (std::uint32_t i = 0; i < spec.slots; ++i) new (&ready_word(i)) protocol::AtomicU64(0);
+    if (spec.memory == MemoryKind::cuda_vmm && spec.fence == FenceKind::cuda_memop && cuda::ready_words(device_).on_device) {
+      // The ready words the consumers' GPU streams wait on, in device memory (one granule, shared
+      // like the slots); the host page above stays their mirror for CPU checks.
+      auto prop = vmm_prop(device_);
+      CUmemGenericAllocationHandle h = 0;
+      DP_CU_CHECK(cuMemCreate, &h, granularity_, &prop, 0);
+      words_handle_ = VmmHandle(h);
+      words_range_ = VaRange(granularity_, granularity_);
+      words_mapping_ = VaMapping(words_range_, granularity_, words_handle_);
+      words_ = words_range_.base();
+      CUmemAccessDesc acc{};
+      acc.location = prop.location;
+      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      DP_CU_CHECK(cuMemSetAccess, words_, granularity_, &acc, 1);
+      DP_CUDA_CHECK(cudaMemset(reinterpret_cast<void*>(words_), 0, granularity_));
+      DP_CUDA_CHECK(cudaDeviceSynchronize());
+      int fd = -1;
+      DP_CU_CHECK(cuMemExportToShareableHandle, &fd, words_handle_.get(), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+      words_fd_ = platform::UniqueFd(fd);
+    }
     if (spec.fence == FenceKind::vulkan_timeline) {
 #if DIRECTPORT_HAS_VULKAN
       if (!vk_) vk_ = vk::Context::get(uuid_);
@@ -373,17 +393,21 @@ class CudaProducer final : public ProducerTransport {
 
   void* slot_data(std::uint32_t slot) override { return reinterpret_cast<void*>(base_ + slot * stride_); }
   std::size_t slot_stride() const override { return stride_; }
-  // Memory (cuda-vmm, vulkan), ready page, semaphore (vulkan-timeline).
+  // Memory (cuda-vmm, vulkan), ready page, semaphore (vulkan-timeline), device ready words
+  // (`ready_words: device`).
   std::vector<int> export_fds() const override {
     std::vector<int> fds;
     if (mem_fd_) fds.push_back(mem_fd_.get());
     fds.push_back(ready_.segment().fd().get());
     if (sem_fd_) fds.push_back(sem_fd_.get());
+    if (words_fd_) fds.push_back(words_fd_.get());
     return fds;
   }
   nlohmann::json describe() const override {
     nlohmann::json j{{"device_uuid", uuid_}, {"memory_bytes", bytes_}, {"fence_handle", "posix-fd"}};
     if (sem_fd_) j["semaphore_handle"] = "vulkan-timeline-opaque-fd";
+    j["ready_words"] = words_fd_ ? "device" : "host";
+    if (words_fd_) j["ready_words_bytes"] = granularity_;
     if (spec_.memory == MemoryKind::cuda_vmm) {
       j["memory_handle"] = "posix-fd";
       j["granularity"] = granularity_;
@@ -447,7 +471,21 @@ class CudaProducer final : public ProducerTransport {
     // its mirror in the ready page, in stream order.
     if (ext_sem_) ext_sem_.signal(reinterpret_cast<cudaStream_t>(stream), seq);
     // The default (barrier) flavour orders the application's earlier writes before the value.
-    DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq, 0);
+    const CUdeviceptr host_word = ready_.dptr() + slot * protocol::kFenceStride;
+    if (!words_) {
+      DP_CU_CHECK(cuStreamWriteValue64, as_cu(stream), host_word, seq, 0);
+      return;
+    }
+    // Device word first (the consumers' GPU waits), then its host mirror (CPU checks: a mirror at
+    // seq means the device word is too), in one call.
+    CUstreamBatchMemOpParams ops[2];
+    std::memset(ops, 0, sizeof ops);
+    ops[0].writeValue.operation = CU_STREAM_MEM_OP_WRITE_VALUE_64;
+    ops[0].writeValue.address = words_ + slot * protocol::kFenceStride;
+    ops[0].writeValue.value64 = seq;
+    ops[1].writeValue = ops[0].writeValue;
+    ops[1].writeValue.address = host_word;
+    DP_CU_CHECK(cuStreamBatchMemOp, as_cu(stream), 2, ops, 0);
   }
   bool gpu_side() const override { return true; }
   bool gpu_waits() const override { return gpu_waits_; }
@@ -479,6 +517,12 @@ class CudaProducer final : public ProducerTransport {
   ExternalSemaphore ext_sem_;
   platform::UniqueFd mem_fd_, sem_fd_;
   RegisteredPage ready_;
+  // Device ready words (`ready_words: device`): handle, range, mapping, in that order.
+  VmmHandle words_handle_;
+  VaRange words_range_;
+  VaMapping words_mapping_;
+  CUdeviceptr words_ = 0;
+  platform::UniqueFd words_fd_;
   std::mutex mu_;
   std::map<void*, PeerPage> pages_;
   std::vector<PeerPage> graveyard_;
@@ -503,9 +547,21 @@ class CudaConsumer final : public ConsumerTransport {
     }
     bytes_ = d.at("memory_bytes").get<std::size_t>();
     if (bytes_ < stride_ * spec_.slots) throw ValidationError("stream memory smaller than its slots");
-    // Descriptors: memory (cuda-vmm, vulkan), ready page, semaphore (vulkan-timeline).
+    // Descriptors: memory (cuda-vmm, vulkan), ready page, semaphore (vulkan-timeline), device
+    // ready words (`ready_words: device`).
     const bool timeline = spec_.fence == FenceKind::vulkan_timeline;
-    const std::size_t want_fds = (spec_.memory == MemoryKind::cuda_ipc ? 0 : 1) + 1 + (timeline ? 1 : 0);
+    const auto words_where = d.value("ready_words", std::string("host"));
+    if (words_where != "host" && words_where != "device") {
+      throw ValidationError("stream '" + spec_.name + "': ready_words is '" + words_where + "', not host or device");
+    }
+    const bool device_words = words_where == "device";
+    if (device_words && (spec_.memory != MemoryKind::cuda_vmm || spec_.fence != FenceKind::cuda_memop)) {
+      throw ValidationError("stream '" + spec_.name + "': device ready words come only with cuda-vmm memory and "
+                            "cuda-memop fences, not " + memory_kind_name(spec_.memory) + " / " +
+                            fence_kind_name(spec_.fence));
+    }
+    const std::size_t want_fds =
+        (spec_.memory == MemoryKind::cuda_ipc ? 0 : 1) + 1 + (timeline ? 1 : 0) + (device_words ? 1 : 0);
     if (imp.fds.size() != want_fds) {
       throw ValidationError("stream '" + spec_.name + "' (" + memory_kind_name(spec_.memory) + ", " +
                             fence_kind_name(spec_.fence) + ") needs " + std::to_string(want_fds) +
@@ -548,6 +604,29 @@ class CudaConsumer final : public ConsumerTransport {
     ready_fd_ = std::move(imp.fds[fence_index]);
     ready_ = register_peer_page(ready_fd_, device_);
     if (timeline) ext_sem_ = ExternalSemaphore(std::move(imp.fds[fence_index + 1]));
+    if (device_words) {
+      // Mapped read-write: written only to release our own waits when the producer dies.
+      std::size_t g = vmm_granularity(device_);
+      words_bytes_ = d.value("ready_words_bytes", std::size_t{0});
+      if (words_bytes_ < protocol::kMaxSlots * protocol::kFenceStride || words_bytes_ % g != 0) {
+        throw ValidationError("stream '" + spec_.name + "': ready_words_bytes " + std::to_string(words_bytes_) +
+                              " is not a positive multiple of the granularity (" + std::to_string(g) + ")");
+      }
+      auto& fd = imp.fds[fence_index + 1];
+      CUmemGenericAllocationHandle h = 0;
+      DP_CU_CHECK(cuMemImportFromShareableHandle, &h, reinterpret_cast<void*>(static_cast<std::uintptr_t>(fd.get())),
+                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+      words_handle_ = VmmHandle(h);
+      fd.reset();
+      words_range_ = VaRange(words_bytes_, g);
+      words_mapping_ = VaMapping(words_range_, words_bytes_, words_handle_);
+      words_ = words_range_.base();
+      CUmemAccessDesc acc{};
+      acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      acc.location.id = device_;
+      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      DP_CU_CHECK(cuMemSetAccess, words_, words_bytes_, &acc, 1);
+    }
     DP_EXPECTS(imp.release_page != nullptr, "CUDA consumer needs its release page");
     own_base_ = static_cast<char*>(imp.release_page->data());
     own_ = RegisteredPage(platform::Segment::map_fd(imp.release_page->fd().dup(), protocol::kFencePageBytes,
@@ -572,8 +651,8 @@ class CudaConsumer final : public ConsumerTransport {
       if (ext_sem_) {
         ext_sem_.wait(reinterpret_cast<cudaStream_t>(stream), seq);
       } else {
-        DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), ready_.dptr() + slot * protocol::kFenceStride, seq,
-                    CU_STREAM_WAIT_VALUE_GEQ);
+        DP_CU_CHECK(cuStreamWaitValue64, as_cu(stream), (words_ ? words_ : ready_.dptr()) + slot * protocol::kFenceStride,
+                    seq, CU_STREAM_WAIT_VALUE_GEQ);
       }
       return true;
     }
@@ -598,8 +677,8 @@ class CudaConsumer final : public ConsumerTransport {
   void force_ready(std::uint32_t slot, std::uint64_t word, std::uint64_t semaphore_value) noexcept override {
     try {
       fence::raise_in_page(ready_fd_, slot, word);
-      if (ext_sem_) {
-        // Our GPU waits are on the semaphore: raise it too, from a stream of our own (the
+      if (ext_sem_ || words_) {
+        // Our GPU waits are on the semaphore or the device words: raise them too, from a stream of our own (the
         // watchdog's thread; the application's stream may be blocked on this very wait). CUDA
         // sets the value, so every survivor sets the same one (force_ready's contract). The
         // calling thread's current device is left as it was.
@@ -608,7 +687,10 @@ class CudaConsumer final : public ConsumerTransport {
         cudaGetDevice(&previous);
         cuda::use_device(device_);
         if (!force_stream_) DP_CUDA_CHECK(cudaStreamCreateWithFlags(&force_stream_, cudaStreamNonBlocking));
-        ext_sem_.signal(force_stream_, semaphore_value);
+        if (ext_sem_) ext_sem_.signal(force_stream_, semaphore_value);
+        // Device ready words: the same forced value as the host word (GEQ waits pass on it).
+        if (words_) DP_CU_CHECK(cuStreamWriteValue64, as_cu(reinterpret_cast<GpuStream>(force_stream_)),
+                                words_ + slot * protocol::kFenceStride, word, 0);
         if (previous >= 0 && previous != device_) cudaSetDevice(previous);
       }
     } catch (const std::exception& e) {
@@ -632,6 +714,12 @@ class CudaConsumer final : public ConsumerTransport {
   cudaStream_t force_stream_ = nullptr;
   platform::UniqueFd ready_fd_;
   RegisteredPage ready_;
+  // Device ready words (`ready_words: device`), mapped read-write (force_ready).
+  std::size_t words_bytes_ = 0;
+  VmmHandle words_handle_;
+  VaRange words_range_;
+  VaMapping words_mapping_;
+  CUdeviceptr words_ = 0;
   char* own_base_ = nullptr;
   RegisteredPage own_;
 };

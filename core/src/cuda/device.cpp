@@ -144,6 +144,14 @@ FenceWaits fence_waits(int) {
   throw ValidationError("DIRECTPORT_GPU_WAITS is '" + choice + "': use gpu (the default) or cpu");
 }
 
+ReadyWords ready_words(int) {
+  const char* env = std::getenv("DIRECTPORT_READY_WORDS");
+  std::string choice = env && *env ? env : "device";
+  if (choice == "device") return {true, env && *env ? "DIRECTPORT_READY_WORDS=device" : "the default"};
+  if (choice == "host") return {false, "DIRECTPORT_READY_WORDS=host"};
+  throw ValidationError("DIRECTPORT_READY_WORDS is '" + choice + "': use device (the default) or host");
+}
+
 #if DP_HAVE_NVML_HEADER
 namespace {
 
@@ -297,6 +305,8 @@ nlohmann::json probe(bool measure) {
     try {
       auto w = fence_waits(0);
       j["fence_waits"] = {{"where", w.on_gpu ? "gpu" : "cpu"}, {"why", w.why}};
+      auto r = ready_words(0);
+      j["ready_words"] = {{"where", r.on_device ? "device" : "host"}, {"why", r.why}};
       j["mps"] = mps_enabled(0);
     } catch (const std::exception& e) {
       j["fence_waits"] = {{"where", "error"}, {"why", e.what()}};

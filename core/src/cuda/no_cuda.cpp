@@ -22,6 +22,7 @@ std::unique_ptr<ConsumerTransport> make_cuda_consumer_transport(TransportImport 
 namespace dp::cuda {
 bool gpu_available() noexcept { return false; }
 FenceWaits fence_waits(int) { return {true, "this build has no CUDA"}; }
+ReadyWords ready_words(int) { return {false, "this build has no CUDA"}; }
 bool mps_enabled(int) noexcept { return false; }
 ProcessGpuMemory process_gpu_memory() noexcept { return {false, "this build has no CUDA", {}}; }
 DeviceGpuMemory device_gpu_memory(int) noexcept { return {false, "this build has no CUDA", 0, 0}; }

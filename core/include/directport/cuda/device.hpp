@@ -28,6 +28,18 @@ struct FenceWaits {
 };
 FenceWaits fence_waits(int device);
 
+// Where a `cuda-vmm` stream with `cuda-memop` fences keeps the ready words its consumers' GPU
+// streams wait on: in a small VMM allocation on the device, shared like the slots (the default:
+// a wait polls device memory, not host memory across the bus), with the host ready page kept
+// as the mirror that CPU checks read; or, with DIRECTPORT_READY_WORDS=host, in the host page
+// alone. The producer decides and says so in its manifest (`ready_words`); consumers follow.
+// Any other value throws ValidationError naming it.
+struct ReadyWords {
+  bool on_device = true;
+  std::string why;
+};
+ReadyWords ready_words(int device);
+
 // Whether this process's contexts on `device` are MPS clients. Without MPS each process has its
 // own context and the GPU time-slices between them: a hand-off between processes then costs
 // context switches (docs/TRANSPORT.md, "Time-slicing and MPS").

@@ -18,7 +18,7 @@ namespace dp::cuda {
   X(cuMemCreate) X(cuMemRelease) X(cuMemExportToShareableHandle) X(cuMemImportFromShareableHandle) \
   X(cuMemAddressReserve) X(cuMemAddressFree) X(cuMemMap) X(cuMemUnmap) X(cuMemSetAccess)       \
   X(cuMemHostRegister) X(cuMemHostUnregister) X(cuMemHostGetDevicePointer)                     \
-  X(cuStreamWriteValue64) X(cuStreamWaitValue64)
+  X(cuStreamWriteValue64) X(cuStreamWaitValue64) X(cuStreamBatchMemOp)
 
 struct DriverApi {
 #define DP_DECLARE_FN(name) decltype(&::name) name = nullptr;
