@@ -1,6 +1,12 @@
 // dp_bench_transport: DirectPort's GPU handoff between processes, measured in one run on one card.
 //
-//   dp_bench_transport [--sizes 4K,1M,...] [--consumers 1,8] [--frames N] [--fences KINDS] [--json FILE]
+//   dp_bench_transport [--sizes 4K,1M,...] [--consumers 1,8] [--frames N] [--fences KINDS]
+//                      [--ready-words device,host] [--waits gpu,cpu] [--slots 3,8] [--json FILE]
+//
+// --ready-words measures where the ready words of cuda-memop fences live (DIRECTPORT_READY_WORDS:
+// device memory, the default, or the host page alone) and --waits where the consumers wait on
+// them (DIRECTPORT_GPU_WAITS: on their GPU stream, the default, or polled on their CPU), each
+// value in the same run; --slots sets the ring's slots (default 3), which bound publishes/s.
 //
 // --fences cuda-memop,vulkan-timeline measures the `vulkan-timeline` fence kind (docs/VULKAN.md:
 // a Vulkan timeline semaphore signalled and waited on CUDA streams) against the mem-op fences,
@@ -50,14 +56,15 @@ namespace {
 
 struct Args {
   std::string role = "driver", domain, sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8", json;
-  std::string fences = "cuda-memop", fence = "cuda-memop";
-  std::uint64_t bytes = 0, frames = 2000, k = 1;
+  std::string fences = "cuda-memop", fence = "cuda-memop", ready_words = "device", waits = "gpu", slot_counts = "3";
+  std::uint64_t bytes = 0, frames = 2000, k = 1, slots = 3;
   int index = 0;
 };
 
 int producer(const Args& a) {
   cuda::use_device(0);
-  StreamSpec spec{"bench", DType::u8, {static_cast<std::int64_t>(a.bytes)}, 3, MemoryKind::cuda_vmm, parse_fence_kind(a.fence)};
+  StreamSpec spec{"bench", DType::u8, {static_cast<std::int64_t>(a.bytes)}, static_cast<std::uint32_t>(a.slots),
+                  MemoryKind::cuda_vmm, parse_fence_kind(a.fence)};
   spec.acquire_timeout = std::chrono::milliseconds(50);
   Node node({"producer", "bench-producer", a.domain});
   auto& pub = node.advertise(spec);
@@ -185,19 +192,53 @@ int driver_main(const Args& a) {
     return 2;
   }
   std::string card = probe["devices"][0]["name"];
-  for (auto& fence : split(a.fences)) parse_fence_kind(fence);  // a bad name fails before any process starts
-  std::printf("DirectPort transport benchmark on %s (cuda-vmm memory; fences: %s)\n", card.c_str(), a.fences.c_str());
-  std::printf("%16s %10s %4s %10s %10s %12s %10s %10s %10s %10s\n", "fence", "size", "K", "p50 us", "p99 us",
+  // Every value is checked before the first process starts.
+  struct Variant {
+    std::string fence, words, waits, label;
+    std::uint64_t slots;
+  };
+  std::vector<Variant> variants;
+  for (auto& fence : split(a.fences)) {
+    parse_fence_kind(fence);
+    for (auto& words : split(a.ready_words)) {
+      if (words != "device" && words != "host") throw ValidationError("--ready-words: '" + words + "' is not device or host");
+      // Device ready words come with cuda-memop fences only.
+      if (words == "device" && fence != "cuda-memop") continue;
+      for (auto& waits : split(a.waits)) {
+        if (waits != "gpu" && waits != "cpu") throw ValidationError("--waits: '" + waits + "' is not gpu or cpu");
+        for (auto& sl : split(a.slot_counts)) {
+          std::uint64_t slots = parse_size(sl);
+          if (slots < 2 || slots > protocol::kMaxSlots) {
+            throw ValidationError("--slots " + sl + ": use 2.." + std::to_string(protocol::kMaxSlots));
+          }
+          std::string label = fence == "cuda-memop" ? "memop" : "vk-timeline";
+          variants.push_back({fence, words, waits,
+                              label + "/" + (words == "device" ? "dev" : "host") + "/" + waits + "/" + sl, slots});
+        }
+      }
+    }
+  }
+  if (variants.empty()) throw ValidationError("--fences and --ready-words leave nothing to measure");
+  std::printf("DirectPort transport benchmark on %s (cuda-vmm memory; variant = fence/ready words/waits/slots)\n",
+              card.c_str());
+  std::printf("%22s %10s %4s %10s %10s %12s %10s %10s %10s %10s\n", "variant", "size", "K", "p50 us", "p99 us",
               "publish/s", "acq cpu", "pub cpu", "next cpu", "rel cpu");
   nlohmann::json rows = nlohmann::json::array();
-  for (auto& fence : split(a.fences)) {
+  for (auto& v : variants) {
+    const std::string& fence = v.fence;
+    // The children inherit these: the producer decides where its ready words live, each
+    // consumer where it waits.
+    ::setenv("DIRECTPORT_READY_WORDS", v.words.c_str(), 1);
+    ::setenv("DIRECTPORT_GPU_WAITS", v.waits.c_str(), 1);
     for (auto& ks : split(a.consumers)) {
       for (auto& ss : split(a.sizes)) {
         std::uint64_t bytes = parse_size(ss), k = parse_size(ks);
         std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
-        std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks + "-" + fence.substr(0, 1);
+        std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks + "-" + fence.substr(0, 1) +
+                             v.words.substr(0, 1) + v.waits.substr(0, 1) + std::to_string(v.slots);
         std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
-                                        std::to_string(frames), "--k", ks, "--fence", fence};
+                                        std::to_string(frames), "--k", ks, "--fence", fence, "--slots",
+                                        std::to_string(v.slots)};
         auto pa = common;
         pa.insert(pa.begin(), {"--role", "producer"});
         auto prod = spawn(pa);
@@ -222,9 +263,10 @@ int driver_main(const Args& a) {
         auto pj = collect(prod, ok);
         ok = ok && !pj.is_null() && cj.size() == k;
         if (!ok) {
-          std::printf("%16s %10s %4s FAILED (a process exited badly or did not start)\n", fence.c_str(), ss.c_str(),
+          std::printf("%22s %10s %4s FAILED (a process exited badly or did not start)\n", v.label.c_str(), ss.c_str(),
                       ks.c_str());
-          rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ok", false}});
+          rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ready_words", v.words},
+                          {"waits", v.waits}, {"slots", v.slots}, {"ok", false}});
           continue;
         }
         std::vector<double> p50, p99, nx, rl;
@@ -237,6 +279,9 @@ int driver_main(const Args& a) {
         nlohmann::json row{{"bytes", bytes},
                            {"consumers", k},
                            {"fence", fence},
+                           {"ready_words", v.words},
+                           {"waits", v.waits},
+                           {"slots", v.slots},
                            {"ok", true},
                            {"card", card},
                            {"latency_us_p50", pct(p50, 0.5)},
@@ -248,7 +293,7 @@ int driver_main(const Args& a) {
                            {"release_cpu_us_p50", pct(rl, 0.5)},
                            {"dropped", pj["dropped"]},
                            {"per_consumer", cj}};
-        std::printf("%16s %10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", fence.c_str(), ss.c_str(), ks.c_str(),
+        std::printf("%22s %10s %4s %10.2f %10.2f %12.0f %10.2f %10.2f %10.2f %10.2f\n", v.label.c_str(), ss.c_str(), ks.c_str(),
                     row["latency_us_p50"].get<double>(), row["latency_us_p99"].get<double>(),
                     row["publishes_per_s"].get<double>(), row["acquire_cpu_us_p50"].get<double>(),
                     row["publish_cpu_us_p50"].get<double>(), row["next_cpu_us_p50"].get<double>(),
@@ -276,6 +321,10 @@ int main(int argc, char** argv) {
   app.add_option("--frames", frames, "frames per phase (paced, then unpaced)");
   app.add_option("--json", a.json, "write the rows here");
   app.add_option("--fences", a.fences, "comma list of fence kinds: cuda-memop, vulkan-timeline (docs/VULKAN.md)");
+  app.add_option("--ready-words", a.ready_words,
+                 "comma list of where cuda-memop ready words live: device (default), host (DIRECTPORT_READY_WORDS)");
+  app.add_option("--waits", a.waits, "comma list of where consumers wait: gpu (default), cpu (DIRECTPORT_GPU_WAITS)");
+  app.add_option("--slots", a.slot_counts, "comma list of the stream ring's slot counts (2..16)");
   // Internal: the processes the driver starts.
   std::string bytes, k, index;
   app.add_option("--role", a.role)->group("");
@@ -287,6 +336,7 @@ int main(int argc, char** argv) {
   if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
     a.frames = parse_size(frames);
+    if (a.role != "driver") a.slots = parse_size(a.slot_counts);
     if (!bytes.empty()) a.bytes = parse_size(bytes);
     if (!k.empty()) a.k = parse_size(k);
     if (!index.empty()) a.index = static_cast<int>(std::stoi(index));
