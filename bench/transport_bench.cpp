@@ -4,7 +4,7 @@
 //                      [--ready-words device,host] [--waits gpu,cpu] [--slots 3,8] [--json FILE]
 //
 // --ready-words measures where the ready words of cuda-memop fences live (DIRECTPORT_READY_WORDS:
-// device memory, the default, or the host page alone) and --waits where the consumers wait on
+// the host page, the default, or device memory) and --waits where the consumers wait on
 // them (DIRECTPORT_GPU_WAITS: on their GPU stream, the default, or polled on their CPU), each
 // value in the same run; --slots sets the ring's slots (default 3), which bound publishes/s.
 //
@@ -56,7 +56,7 @@ namespace {
 
 struct Args {
   std::string role = "driver", domain, sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8", json;
-  std::string fences = "cuda-memop", fence = "cuda-memop", ready_words = "device", waits = "gpu", slot_counts = "3";
+  std::string fences = "cuda-memop", fence = "cuda-memop", ready_words = "host", waits = "gpu", slot_counts = "3";
   std::uint64_t bytes = 0, frames = 2000, k = 1, slots = 3;
   int index = 0;
 };
@@ -322,7 +322,7 @@ int main(int argc, char** argv) {
   app.add_option("--json", a.json, "write the rows here");
   app.add_option("--fences", a.fences, "comma list of fence kinds: cuda-memop, vulkan-timeline (docs/VULKAN.md)");
   app.add_option("--ready-words", a.ready_words,
-                 "comma list of where cuda-memop ready words live: device (default), host (DIRECTPORT_READY_WORDS)");
+                 "comma list of where cuda-memop ready words live: host (default), device (DIRECTPORT_READY_WORDS)");
   app.add_option("--waits", a.waits, "comma list of where consumers wait: gpu (default), cpu (DIRECTPORT_GPU_WAITS)");
   app.add_option("--slots", a.slot_counts, "comma list of the stream ring's slot counts (2..16)");
   // Internal: the processes the driver starts.

@@ -146,10 +146,10 @@ FenceWaits fence_waits(int) {
 
 ReadyWords ready_words(int) {
   const char* env = std::getenv("DIRECTPORT_READY_WORDS");
-  std::string choice = env && *env ? env : "device";
-  if (choice == "device") return {true, env && *env ? "DIRECTPORT_READY_WORDS=device" : "the default"};
-  if (choice == "host") return {false, "DIRECTPORT_READY_WORDS=host"};
-  throw ValidationError("DIRECTPORT_READY_WORDS is '" + choice + "': use device (the default) or host");
+  std::string choice = env && *env ? env : "host";
+  if (choice == "host") return {false, env && *env ? "DIRECTPORT_READY_WORDS=host" : "the default"};
+  if (choice == "device") return {true, "DIRECTPORT_READY_WORDS=device"};
+  throw ValidationError("DIRECTPORT_READY_WORDS is '" + choice + "': use host (the default) or device");
 }
 
 #if DP_HAVE_NVML_HEADER

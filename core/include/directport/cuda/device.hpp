@@ -29,13 +29,14 @@ struct FenceWaits {
 FenceWaits fence_waits(int device);
 
 // Where a `cuda-vmm` stream with `cuda-memop` fences keeps the ready words its consumers' GPU
-// streams wait on: in a small VMM allocation on the device, shared like the slots (the default:
-// a wait polls device memory, not host memory across the bus), with the host ready page kept
-// as the mirror that CPU checks read; or, with DIRECTPORT_READY_WORDS=host, in the host page
-// alone. The producer decides and says so in its manifest (`ready_words`); consumers follow.
-// Any other value throws ValidationError naming it.
+// streams wait on: in the host ready page (the default), or, with DIRECTPORT_READY_WORDS=device,
+// in a small VMM allocation on the device, shared like the slots (a wait then polls device
+// memory, not host memory across the bus), with the host page kept as the mirror that CPU checks
+// read. Between processes the two measured the same (docs/TRANSPORT.md), so the default is the
+// simpler one. The producer decides and says so in its manifest (`ready_words`); consumers
+// follow. Any other value throws ValidationError naming it.
 struct ReadyWords {
-  bool on_device = true;
+  bool on_device = false;
   std::string why;
 };
 ReadyWords ready_words(int device);
