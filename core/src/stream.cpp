@@ -81,6 +81,7 @@ bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
 }
 
 std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
+  if (!broken_.empty()) throw Error("stream '" + spec_.name + "' cannot publish any more: " + broken_);
   const std::int64_t deadline = platform::monotonic_ns() +
                                 std::chrono::duration_cast<std::chrono::nanoseconds>(spec_.acquire_timeout).count();
   // No slot free: poll for kAcquireSpinNs (a slot usually comes back within a GPU round trip,
@@ -115,7 +116,12 @@ std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
 
 void Publisher::publish(const SlotLease& lease, const FrameInfo& info, GpuStream stream) {
   DP_EXPECTS(lease.seq == next_seq_ && lease.slot < spec_.slots, "publish() of a lease that acquire() did not hand out");
-  transport_->signal_ready(stream, lease.slot, lease.seq);
+  // On the host the ready word is set before the frame is announced. A GPU-side ready fence is
+  // enqueued after it (step 8, PROTOCOL.md §9.2): the driver call takes about a microsecond, and
+  // consumers that see the frame meanwhile enqueue their GPU waits on the word, so announcing it
+  // first takes that microsecond off the hand-off.
+  const bool signal_late = transport_->gpu_side();
+  if (!signal_late) transport_->signal_ready(stream, lease.slot, lease.seq);
   slot_seq_[lease.slot] = lease.seq;
   auto& meta = control_.slots[lease.slot];
   std::int64_t now = platform::monotonic_ns();
@@ -141,6 +147,17 @@ void Publisher::publish(const SlotLease& lease, const FrameInfo& info, GpuStream
     wakeups_.fetch_add(1, std::memory_order_relaxed);
   }
   ++next_seq_;
+  if (signal_late) {
+    try {
+      transport_->signal_ready(stream, lease.slot, lease.seq);
+    } catch (const std::exception& e) {
+      // Consumers may already wait for this frame's ready word. A later frame signalled into the
+      // same slot would release those waits on the wrong contents, so this publisher stops here:
+      // the waits are released when this process ends (PROTOCOL.md §10.2).
+      broken_ = std::string("publish() could not signal frame ") + std::to_string(lease.seq) + ": " + e.what();
+      throw;
+    }
+  }
 }
 
 void Publisher::abandon(const SlotLease& lease) {

@@ -98,6 +98,7 @@ class Publisher {
   std::uint32_t last_slot_ = 0;
   std::uint64_t next_sub_id_ = 1;
   std::atomic<std::uint64_t> wakeups_{0};
+  std::string broken_;  // set when a frame was announced but its ready fence could not be enqueued
 };
 
 struct SubscribeOptions {
