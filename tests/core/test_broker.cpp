@@ -55,9 +55,22 @@ class BrokerTest : public ::testing::Test {
     broker().register_fd(name, seg.fd());
     segs_.push_back(std::move(seg));
   }
+  // Installs a disconnect handler that records the client names it sees; `disconnected()` reads them.
+  void record_disconnects() {
+    broker().on_disconnect([this](const PeerInfo& p) {
+      std::lock_guard<std::mutex> lock(gone_mu_);
+      gone_.push_back(p.client_name);
+    });
+  }
+  std::vector<std::string> disconnected() {
+    std::lock_guard<std::mutex> lock(gone_mu_);
+    return gone_;
+  }
   Broker::Options opts_;
   std::unique_ptr<Broker> broker_;
   std::vector<platform::Segment> segs_;
+  std::mutex gone_mu_;
+  std::vector<std::string> gone_;
 };
 using BrokerMP = BrokerTest;
 
@@ -328,38 +341,22 @@ TEST_F(BrokerTest, StopClosesEveryConnection) {
 }
 
 TEST_F(BrokerTest, DisconnectHandlerSeesGreetedPeersOnly) {
-  std::mutex mu;
-  std::vector<std::string> gone;
-  broker().on_disconnect([&](const PeerInfo& p) {
-    std::lock_guard<std::mutex> lock(mu);
-    gone.push_back(p.client_name);
-  });
+  record_disconnects();
   broker().start();
   {
     auto c = client("erin");
     auto s = raw();  // never says hello
     s.send("{}");
   }
-  EXPECT_TRUE(test::wait_until(
-      [&] {
-        std::lock_guard<std::mutex> lock(mu);
-        return !gone.empty();
-      },
-      5s));
+  EXPECT_TRUE(test::wait_until([&] { return !disconnected().empty(); }, 5s));
   EXPECT_TRUE(test::wait_until([&] { return broker().connection_count() == 0; }, 5s));
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(gone, std::vector<std::string>{"erin"});
+  EXPECT_EQ(disconnected(), std::vector<std::string>{"erin"});
 }
 
 // disconnect() closes the one connection named, from any thread: the peer sees EOF, the
 // disconnect handler runs for it, the others stay.
 TEST_F(BrokerTest, DisconnectClosesTheNamedConnectionOnly) {
-  std::mutex mu;
-  std::vector<std::string> gone;
-  broker().on_disconnect([&](const PeerInfo& p) {
-    std::lock_guard<std::mutex> lock(mu);
-    gone.push_back(p.client_name);
-  });
+  record_disconnects();
   broker().start();
   auto keep = client("keep");
   auto cut = client("cut");
@@ -369,8 +366,7 @@ TEST_F(BrokerTest, DisconnectClosesTheNamedConnectionOnly) {
   EXPECT_TRUE(test::wait_until([&] { return broker().connection_count() == 1; }, 5s));
   EXPECT_FALSE(keep.peer_gone());
   EXPECT_EQ(keep.request({{"op", "get"}, {"names", nlohmann::json::array()}}).body["op"], "fds");
-  std::lock_guard<std::mutex> lock(mu);
-  EXPECT_EQ(gone, std::vector<std::string>{"cut"});
+  EXPECT_EQ(disconnected(), std::vector<std::string>{"cut"});
 }
 
 TEST_F(BrokerTest, ManyClientsAtOnce) {
