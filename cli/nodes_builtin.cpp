@@ -20,7 +20,6 @@
 #include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
 #include "directport/kernels/pattern.hpp"
-#include "directport/kernels/timing.hpp"
 #include "directport/platform/process.hpp"
 #include "nodes.hpp"
 #if DIRECTPORT_HAS_CUDA
@@ -135,7 +134,7 @@ int run_pattern_source(NodeContext& ctx) {
 #endif
   auto c = pub.counters();
   std::cout << nlohmann::json{{"node", name}, {"type", "pattern-source"}, {"published", c.published}, {"dropped", c.dropped},
-                            {"cut_off", c.cut_off}, {"acquire_us", percentiles(acquire_us)}}.dump()
+                            {"acquire_us", percentiles(acquire_us)}}.dump()
             << std::endl;
   return 0;
 }
@@ -149,11 +148,6 @@ int run_checksum_sink(NodeContext& ctx) {
   auto hold_ms = p["hold_ms"].get<double>();
   // Test hook: write into the first frame received, which must fault (read-only mapping).
   auto write_probe = p["write_probe"].get<bool>();
-  // Test hook: before releasing frame number `stall_after` (1-based), enqueue `stall_ms` of
-  // spinning on our stream, so that the release runs that much later (a stalled consumer).
-  const auto stall_after = p["stall_after"].get<std::uint64_t>();
-  const auto stall_ms = p["stall_ms"].get<double>();
-  std::uint64_t taken = 0;
   const auto forward = p["forward"].get<std::string>();
 
   Node& node = ctx.node();
@@ -216,11 +210,6 @@ int run_checksum_sink(NodeContext& ctx) {
         DP_CUDA_CHECK(cudaMemcpyAsync(out->data, f->data, f->bytes, cudaMemcpyDeviceToDevice, gpu->stream));
       }
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
-      if (++taken == stall_after && stall_ms > 0) {
-        std::fprintf(stderr, "stalling our stream for %.0f ms before releasing frame %llu\n", stall_ms,
-                     static_cast<unsigned long long>(f->seq));
-        kernels::spin_gpu(static_cast<std::uint64_t>(stall_ms * 1e6), gs);
-      }
       sub.release(*f, gs);
       const auto t_sync = std::chrono::steady_clock::now();
       DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
@@ -363,7 +352,6 @@ StreamSpec stamped_frames_spec(const nlohmann::json& p) {
   spec.dtype = DType::u64;
   spec.shape = {static_cast<std::int64_t>(bytes / 8)};
   spec.slots = p["slots"].get<std::uint32_t>();
-  spec.release_timeout = std::chrono::milliseconds(p["release_timeout_ms"].get<std::int64_t>());
   return spec;
 }
 
@@ -402,8 +390,6 @@ void register_builtin_nodes(NodeRegistry& r) {
   src.params = {{"stream", T::string, "frames", false, "name of the published stream"},
                 {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
                 {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
-                {"release_timeout_ms", T::integer, 5000, false,
-                 "GPU streams: cut off a consumer whose enqueued release has not run after this long"},
                 {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc | vulkan"},
                 {"fence", T::string, "auto", false, "auto | host-futex | cuda-memop | vulkan-timeline (for Vulkan readers)"},
                 {"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
@@ -422,8 +408,6 @@ void register_builtin_nodes(NodeRegistry& r) {
                  {"timeout_s", T::number, 10.0, false, "give up after this long without a frame"},
                  {"hold_ms", T::number, 0.0, false, "hold each frame this long (a slow consumer)"},
                  {"write_probe", T::boolean, false, false, "test hook: write into the read-only mapping"},
-                 {"stall_after", T::integer, 0, false, "test hook: stall our GPU stream before releasing this frame (1-based; 0: never)"},
-                 {"stall_ms", T::number, 0.0, false, "test hook: how long that stall lasts"},
                  {"forward", T::string, "", false, "relay: publish a copy of every frame as this stream (GPU streams)"},
                  {"forward_memory", T::string, "vulkan", false, "memory of the relayed stream (cuda-vmm | cuda-ipc | vulkan)"},
                  {"forward_fence", T::string, "auto", false, "fence of the relayed stream (auto | cuda-memop | vulkan-timeline)"}};

@@ -170,8 +170,6 @@ void register_vulkan_nodes(NodeRegistry& r) {
   src.params = {{"stream", T::string, "frames", false, "name of the published stream"},
                 {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
                 {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
-                {"release_timeout_ms", T::integer, 5000, false,
-                 "CUDA consumers: cut off one whose enqueued release has not run after this long"},
                 {"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
                 {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
                 {"wait_subscribers", T::integer, 0, false, "publish only once this many consumers are there"}};

@@ -1,11 +1,8 @@
 #include "directport/core/node.hpp"
 
-#include <cstdio>
-
 #include "directport/core/discovery.hpp"
 #include "directport/core/error.hpp"
 #include "directport/core/names.hpp"
-#include "directport/platform/process.hpp"
 
 namespace dp {
 namespace {
@@ -52,28 +49,7 @@ Node::Node(NodeOptions opts)
     }
     rewrite_manifest();
   });
-  broker_->on_tick([this] {
-    manifest_.heartbeat();
-    // Consumers whose enqueued release has not run within the stream's release_timeout hold our
-    // GPU stream: cut them off (the disconnect raises their releases; PROTOCOL.md §10.3).
-    std::vector<std::uint64_t> cut;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      const auto now = platform::monotonic_ns();
-      for (auto& p : publishers_) {
-        for (auto& s : p->stalled(now)) {
-          std::fprintf(stderr,
-                       "directport: node %s stream %s: consumer '%s' (connection %llu) has not run its release of "
-                       "frame %llu for %.0f ms (release_timeout %lld ms): cutting it off\n",
-                       opts_.name.c_str(), p->spec().name.c_str(), s.client.c_str(),
-                       static_cast<unsigned long long>(s.connection_id), static_cast<unsigned long long>(s.seq),
-                       s.waited_ms, static_cast<long long>(p->spec().release_timeout.count()));
-          cut.push_back(s.connection_id);
-        }
-      }
-    }
-    for (auto id : cut) broker_->disconnect(id);
-  });
+  broker_->on_tick([this] { manifest_.heartbeat(); });
   rewrite_manifest();
   broker_->start();
 }

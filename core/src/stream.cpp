@@ -23,10 +23,6 @@ struct Publisher::Subscription {
   platform::Segment mapping;    // read-only view of the consumer's release page (its fd is kept
                                 // to map the page writable if the consumer dies)
   ReleasePageView view;
-  // Per slot: the release value our GPU stream was last told to wait for, and since when
-  // (try_claim); 0 = none. stalled() compares them with the page's `released`.
-  std::uint64_t gpu_wait[protocol::kMaxSlots] = {};
-  std::int64_t gpu_wait_since[protocol::kMaxSlots] = {};
 };
 
 Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
@@ -79,13 +75,7 @@ bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
     return false;
   }
   for (std::size_t i = 0; i < subs_.size(); ++i) {
-    if (!waits[i]) continue;
-    transport_->wait_released(stream, subs_[i]->view, slot, waits[i]);
-    auto& s = *subs_[i];
-    if (s.gpu_wait[slot] != waits[i]) {
-      s.gpu_wait[slot] = waits[i];
-      s.gpu_wait_since[slot] = platform::monotonic_ns();
-    }
+    if (waits[i]) transport_->wait_released(stream, subs_[i]->view, slot, waits[i]);
   }
   return true;
 }
@@ -176,34 +166,7 @@ void Publisher::abandon(const SlotLease& lease) {
 }
 
 Publisher::Counters Publisher::counters() const {
-  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load(), wakeups_.load(),
-          cut_off_.load()};
-}
-
-std::vector<Publisher::Stalled> Publisher::stalled(std::int64_t now_ns) {
-  const std::int64_t bound = std::chrono::duration_cast<std::chrono::nanoseconds>(spec_.release_timeout).count();
-  std::vector<Stalled> out;
-  std::lock_guard<std::mutex> lock(mu_);
-  for (auto& s : subs_) {
-    Stalled worst;
-    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
-      if (!s->gpu_wait[k]) continue;
-      if (s->view.records[k].released.load(std::memory_order_acquire) >= s->gpu_wait[k]) {
-        s->gpu_wait[k] = 0;  // ran: our wait has passed or will
-        continue;
-      }
-      const std::int64_t waited = now_ns - s->gpu_wait_since[k];
-      if (waited > bound && waited / 1e6 > worst.waited_ms) {
-        worst = {s->connection_id, s->client, s->gpu_wait[k], waited / 1e6};
-      }
-    }
-    if (worst.connection_id == 0) continue;
-    if (std::none_of(out.begin(), out.end(), [&](const Stalled& o) { return o.connection_id == worst.connection_id; })) {
-      out.push_back(worst);
-      cut_off_.fetch_add(1, std::memory_order_relaxed);
-    }
-  }
-  return out;
+  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load(), wakeups_.load()};
 }
 
 nlohmann::json Publisher::describe() const {

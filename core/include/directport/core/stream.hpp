@@ -46,17 +46,6 @@ class Publisher {
     std::uint64_t subscribers = 0;  // live now
     std::uint64_t wakeups = 0;      // publishes that woke sleeping consumers (a system call; the
                                     // others found every consumer awake and made none)
-    std::uint64_t cut_off = 0;      // consumers cut off because their release did not run within
-                                    // spec.release_timeout (stalled())
-  };
-
-  // A consumer whose release our GPU stream waits for and which has not run for longer than
-  // spec.release_timeout (its stream stalled). The node cuts its connection (PROTOCOL.md §10.3).
-  struct Stalled {
-    std::uint64_t connection_id = 0;
-    std::string client;
-    std::uint64_t seq = 0;    // the frame whose release is awaited
-    double waited_ms = 0;     // since our stream began waiting for it
   };
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
@@ -85,9 +74,6 @@ class Publisher {
   nlohmann::json add_subscription(std::uint64_t connection_id, const std::string& client,
                                   platform::UniqueFd release_page, std::vector<int>& fds_out);
   void drop_connection(std::uint64_t connection_id) noexcept;
-  // The stalled consumers as of `now_ns` (CLOCK_MONOTONIC), one entry per connection; each is
-  // counted in cut_off. Called by the node's broker thread every tick.
-  std::vector<Stalled> stalled(std::int64_t now_ns);
   nlohmann::json consumers() const;
 
  private:
@@ -112,7 +98,6 @@ class Publisher {
   std::uint32_t last_slot_ = 0;
   std::uint64_t next_sub_id_ = 1;
   std::atomic<std::uint64_t> wakeups_{0};
-  std::atomic<std::uint64_t> cut_off_{0};
   std::string broken_;  // set when a frame was announced but its ready fence could not be enqueued
 };
 
