@@ -43,6 +43,10 @@ class FrameWaiter {
 // `stream`, `bytes` (checked: a multiple of 8, at least kernels::kMinStampedBytes) and `slots`;
 // memory and fence are the caller's.
 StreamSpec stamped_frames_spec(const nlohmann::json& params);
+// The params of those two sources: the three stamped_frames_spec() reads, then `kind_params`
+// (each source's memory and fence choices, if any), then the pacing both share (`rate_hz`,
+// `frames`, `wait_subscribers`).
+std::vector<ParamSpec> stamped_source_params(std::vector<ParamSpec> kind_params = {});
 // vulkan-source and vulkan-sink (nodes_vulkan.cpp); called by register_builtin_nodes.
 void register_vulkan_nodes(NodeRegistry& r);
 // "auto" | "host" | "cuda-vmm" | "cuda-ipc" -> the memory kind to use here.

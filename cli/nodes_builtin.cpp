@@ -355,6 +355,18 @@ StreamSpec stamped_frames_spec(const nlohmann::json& p) {
   return spec;
 }
 
+std::vector<ParamSpec> stamped_source_params(std::vector<ParamSpec> kind_params) {
+  using T = ParamType;
+  std::vector<ParamSpec> p{{"stream", T::string, "frames", false, "name of the published stream"},
+                           {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
+                           {"slots", T::integer, 3, false, "slots in the ring (2..16)"}};
+  p.insert(p.end(), kind_params.begin(), kind_params.end());
+  p.insert(p.end(), {{"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
+                     {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
+                     {"wait_subscribers", T::integer, 0, false, "publish only once this many consumers are there"}});
+  return p;
+}
+
 void sample(std::vector<double>& v, std::uint64_t& seen, double x) {
   if (v.size() < kMaxSamples) v.push_back(x);
   else v[seen % kMaxSamples] = x;
@@ -387,14 +399,9 @@ void register_builtin_nodes(NodeRegistry& r) {
   NodeType src;
   src.type = "pattern-source";
   src.help = "publishes self-verifying frames (seq, seeded random fill, checksum)";
-  src.params = {{"stream", T::string, "frames", false, "name of the published stream"},
-                {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
-                {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
-                {"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc | vulkan"},
-                {"fence", T::string, "auto", false, "auto | host-futex | cuda-memop | vulkan-timeline (for Vulkan readers)"},
-                {"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
-                {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
-                {"wait_subscribers", T::integer, 0, false, "publish only once this many consumers are there"}};
+  src.params = stamped_source_params(
+      {{"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc | vulkan"},
+       {"fence", T::string, "auto", false, "auto | host-futex | cuda-memop | vulkan-timeline (for Vulkan readers)"}});
   src.publishes = [](const nlohmann::json& p) { return std::vector<std::string>{p["stream"].get<std::string>()}; };
   src.subscribes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
   src.run = run_pattern_source;

@@ -167,12 +167,7 @@ void register_vulkan_nodes(NodeRegistry& r) {
   NodeType src;
   src.type = "vulkan-source";
   src.help = "a Vulkan program publishing self-verifying frames (compute shader, vulkan memory, vulkan-timeline fence)";
-  src.params = {{"stream", T::string, "frames", false, "name of the published stream"},
-                {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
-                {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
-                {"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
-                {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
-                {"wait_subscribers", T::integer, 0, false, "publish only once this many consumers are there"}};
+  src.params = stamped_source_params();
   src.publishes = [](const nlohmann::json& p) { return std::vector<std::string>{p["stream"].get<std::string>()}; };
   src.subscribes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
 #if DIRECTPORT_HAS_VULKAN
