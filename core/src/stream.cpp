@@ -192,8 +192,7 @@ nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const st
   s->client = client;
   s->mapping = platform::Segment::map_fd(std::move(release_page), protocol::kFencePageBytes, platform::Access::read_only);
   s->view.records = static_cast<const ReleaseRecord*>(s->mapping.data());
-  s->view.state = reinterpret_cast<const protocol::ConsumerState*>(static_cast<const char*>(s->mapping.data()) +
-                                                                   protocol::kConsumerStateOffset);
+  s->view.state = &fence::consumer_state(static_cast<const void*>(s->mapping.data()));
   transport_->attach(s->view, s->mapping);
   fds_out = transport_->export_fds();
   std::lock_guard<std::mutex> lock(mu_);
@@ -273,9 +272,7 @@ struct Subscriber::Connection {
   std::size_t held = 0;
   std::vector<std::uint64_t> invalid_seqs;  // frames invalidated by the producer's death
   ReleaseRecord& record(std::uint32_t slot) { return static_cast<ReleaseRecord*>(page.data())[slot]; }
-  protocol::ConsumerState& state() {
-    return *reinterpret_cast<protocol::ConsumerState*>(static_cast<char*>(page.data()) + protocol::kConsumerStateOffset);
-  }
+  protocol::ConsumerState& state() { return fence::consumer_state(page.data()); }
 
   // GPU subscriptions: our streams may wait on the producer's ready words while the application
   // thread is blocked (e.g. in cudaStreamSynchronize). A watchdog notices the producer's death

@@ -19,6 +19,14 @@ inline const protocol::AtomicU64& page_word(const void* page, std::uint32_t slot
   return *reinterpret_cast<const protocol::AtomicU64*>(static_cast<const char*>(page) + slot * protocol::kFenceStride);
 }
 
+// The consumer's state in a subscription's release page (at kConsumerStateOffset).
+inline protocol::ConsumerState& consumer_state(void* page) {
+  return *reinterpret_cast<protocol::ConsumerState*>(static_cast<char*>(page) + protocol::kConsumerStateOffset);
+}
+inline const protocol::ConsumerState& consumer_state(const void* page) {
+  return *reinterpret_cast<const protocol::ConsumerState*>(static_cast<const char*>(page) + protocol::kConsumerStateOffset);
+}
+
 // A survivor's write into a dead peer's fence page, which it otherwise maps read-only: maps the
 // page from `page_fd` writable for the moment and raises slot `slot`'s word to `value`.
 void raise_in_page(const platform::UniqueFd& page_fd, std::uint32_t slot, std::uint64_t value);
