@@ -1,26 +1,32 @@
-// The CUDA fusion kernel (fusion.hpp). One launch writes the whole fused tensor. The grid is
-// y over work items (a group of up to kGroup channels of one teacher) and x over tiles: for a
-// spatial teacher a tile of 32 output columns by kWarps * kRows rows, each warp kRows adjacent
-// rows of 32 adjacent columns; for a vector teacher kThreads elements. A thread computes its
-// column's horizontal taps and its rows' vertical taps once (the same for every channel of the
-// group; the vertical ones the same for the whole warp) and then, for each channel, loads each
-// input row it needs once (two values, interpolated horizontally), reuses it for the next output
-// row where the taps allow (an upsampled map: a few input rows for kRows output rows),
-// interpolates vertically, standardises, casts and stores. Indices within a plane are 32-bit and
-// the dtypes are template parameters. Where the teacher's statistics are updated this frame, each
-// thread sums its values (float64), each warp sums by shuffles, the block through shared memory,
-// then one atomic per block and channel into the per-channel float64 accumulators. A second, tiny
-// kernel turns the accumulators into the running statistics and the (mean, scale) pairs the next
-// frame uses.
+// The CUDA fusion kernel (fusion.hpp, docs/FUSION.md "kernel 5"). One launch writes the whole
+// fused tensor and, in its last block, folds the frame's moments into the running statistics.
+//
+// The launch is a list of work units, one block each, built once per layout:
+//   - copy: a range of one channel plane of a spatial teacher that has the grid's size (no
+//     resampling: each value is read once, standardised, cast and stored, two at a time where
+//     the alignment allows);
+//   - band: a band of output rows (and at most kMaxCols columns) of one channel of a resampled
+//     teacher. The block first interpolates horizontally every input row the band needs into
+//     shared memory (H[r][x], exactly bilinear()'s `top`/`bottom`), then every output value is
+//     the vertical interpolation of two of those rows: for a map upsampled 14x, one horizontal
+//     interpolation serves 14 output rows, and an output costs two shared-memory loads and
+//     three multiplies and adds. Values are bit for bit those of bilinear();
+//   - vector: a range of a global vector teacher (each element its own channel).
+// The bilinear taps of every output row and column of a teacher are computed once, on the host
+// with the CPU reference's code, and read from a table. Statistics: each thread sums its values
+// in float64, the block sums the threads, one atomic per block into the channel's accumulators;
+// the last block to finish (a counter) turns the accumulators into the statistics and the
+// (mean, scale) pairs the next frame uses, so that a frame is one launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/fusion.hpp"
@@ -31,42 +37,48 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int kGroup = 32;  // channels of one teacher per work item (a thread per pixel)
-// ... with row tiles a thread does group * kRows elements: 16 channels where that still makes
-// kRowBlocks blocks for the teacher, else 4, so that a small teacher is not the launch's tail (an
-// H200 measured a 16-channel map in 64 blocks of 16 channels as the tail, and 4 channels for
-// every teacher as slower on a 384-channel one).
-constexpr int kRowGroupLarge = 16, kRowGroupSmall = 4;
-constexpr std::int64_t kRowBlocks = 1024;
-constexpr int kRows = 4;    // output rows per warp (a spatial tile: 32 columns x kWarps * kRows rows)
+// A band holds at most this many columns, and its rows of horizontal interpolations at most
+// kBandBytes of shared memory: two rows of kMaxCols always fit, whatever the scale.
+constexpr std::int64_t kMaxCols = 2048;
+constexpr std::int64_t kBandBytes = 24 * 1024;
+// Output elements a unit aims at (DIRECTPORT_FUSION_UNIT overrides it, for measuring).
+constexpr std::int64_t kUnitElements = 8192;
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+enum : int { kCopy = 0, kBand = 1, kVector = 2 };
 
 int dtype_code(DType t) { return t == DType::f16 ? kF16 : t == DType::bf16 ? kBF16 : kF32; }
 
+struct Tap32 {
+  std::uint32_t i0, i1;
+  float l0, l1;
+};
+
 struct TeacherDesc {
   int dtype;
-  int spatial;
-  int norm;  // NormMode
+  int mode;   // kCopy, kBand or kVector
+  int norm;   // NormMode
+  int pairs;  // 1: the layout lets this teacher load and store two adjacent elements at once
   int channels;
-  std::int64_t h, w;
-  Resample ry, rx;
-  unsigned chan_base;  // first index in the statistics arrays
+  std::uint32_t h, w;
+  std::uint32_t row_taps, col_taps;  // index of output row 0's and column 0's tap in the table
+  unsigned chan_base;                // first index in the statistics arrays
   std::uint64_t out_offset;
 };
 
-enum : int { kPixels = 0, kRowTiles = 1 };  // how a spatial item maps threads to output elements
-
-struct Item {
-  int teacher;
-  int c0, nc;  // channels [c0, c0 + nc) of a spatial teacher; a vector teacher: 0, C
-  int tiles;   // spatial: kPixels (a thread per pixel) or kRowTiles (a warp per 32 x kRows tile)
+struct Unit {
+  std::uint32_t teacher, c;  // c: the channel (copy, band); 0 for a vector
+  std::uint32_t y0, rows;    // band: output rows [y0, y0 + rows); copy, vector: elements [y0, y0 + rows)
+  std::uint32_t x0, cols;    // band: output columns [x0, x0 + cols)
+  std::uint32_t rbase, nrows;  // band: input rows [rbase, rbase + nrows), interpolated into shared memory
 };
 
 struct LaunchArgs {
   const void* in[FusionLayout::kMaxTeachers];
   std::uint32_t present;     // bit i: teacher i has an input this frame
   std::uint32_t accumulate;  // bit i: fold this frame into teacher i's statistics
+  std::uint32_t first;       // bit i: ... as its first frame (initialise rather than average)
+  std::uint32_t paired;      // bit i: this frame's pointers are aligned for teacher i's pairs
   int write;                 // 0: statistics only (a teacher's first frame)
   void* out;
   int out_dtype;
@@ -75,12 +87,15 @@ struct LaunchArgs {
   std::uint32_t plane;  // grid_h * grid_w
   std::uint64_t mask_offset;
   const TeacherDesc* desc;
-  const Item* items;
-  double* acc1;
-  double* acc2;
-  const float* mean;
-  const float* scale;
+  const Unit* units;
+  const Tap32* taps;
+  double *m1, *m2, *acc1, *acc2;
+  float *mean, *scale;
+  unsigned* done;  // blocks finished; the last one folds the statistics and resets it
+  double momentum, eps;
 };
+
+// ------------------------------------------------------------------ loads and stores
 
 template <typename T>
 __device__ __forceinline__ float ld(const T* p);
@@ -91,6 +106,26 @@ __device__ __forceinline__ float ld<__half>(const __half* p) { return __half2flo
 template <>
 __device__ __forceinline__ float ld<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
 
+// Two adjacent elements (p aligned to two of them).
+template <typename T>
+__device__ __forceinline__ float2 ld2(const T* p);
+template <>
+__device__ __forceinline__ float2 ld2<float>(const float* p) { return __ldg(reinterpret_cast<const float2*>(p)); }
+template <>
+__device__ __forceinline__ float2 ld2<__half>(const __half* p) {
+  const unsigned u = __ldg(reinterpret_cast<const unsigned*>(p));
+  __half2 h;
+  std::memcpy(&h, &u, sizeof u);
+  return __half22float2(h);
+}
+template <>
+__device__ __forceinline__ float2 ld2<__nv_bfloat16>(const __nv_bfloat16* p) {
+  const unsigned u = __ldg(reinterpret_cast<const unsigned*>(p));
+  __nv_bfloat162 h;
+  std::memcpy(&h, &u, sizeof u);
+  return __bfloat1622float2(h);
+}
+
 template <typename T>
 __device__ __forceinline__ void st(T* p, float v);
 template <>
@@ -99,6 +134,18 @@ template <>
 __device__ __forceinline__ void st<__half>(__half* p, float v) { *p = __float2half_rn(v); }
 template <>
 __device__ __forceinline__ void st<__nv_bfloat16>(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+
+// Two adjacent elements, each rounded to nearest even as st() does.
+template <typename T>
+__device__ __forceinline__ void st2(T* p, float a, float b);
+template <>
+__device__ __forceinline__ void st2<float>(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
+template <>
+__device__ __forceinline__ void st2<__half>(__half* p, float a, float b) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b); }
+template <>
+__device__ __forceinline__ void st2<__nv_bfloat16>(__nv_bfloat16* p, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+}
 
 __device__ __forceinline__ void store_any(void* p, int dtype, std::uint64_t i, float v) {
   if (dtype == kF16) {
@@ -109,6 +156,14 @@ __device__ __forceinline__ void store_any(void* p, int dtype, std::uint64_t i, f
     st(static_cast<float*>(p) + i, v);
   }
 }
+
+__device__ __forceinline__ float load_any(const void* p, int dtype, std::uint64_t i) {
+  if (dtype == kF16) return ld(static_cast<const __half*>(p) + i);
+  if (dtype == kBF16) return ld(static_cast<const __nv_bfloat16*>(p) + i);
+  return ld(static_cast<const float*>(p) + i);
+}
+
+// ------------------------------------------------------------------ sums
 
 __device__ __forceinline__ double warp_sum(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
@@ -129,285 +184,178 @@ __device__ __forceinline__ double block_sum(double v, double* shared) {
   return v;  // valid in thread 0
 }
 
-// Shared scratch of a block for the statistics: (kPixels) each channel's values, one per thread
-// (a row padded by one word, so that the column reads below hit 32 different banks); per-warp
-// partial sums [warp][channel of the group][s1, s2].
-struct StatScratch {
-  float vals[kGroup][kThreads + 1];
-  double red[kWarps][kGroup][2];
+// A thread's running sums of its values (float64: v * v of a float is exact in a double, so the
+// fused multiply-add rounds once, as the reference's multiply and add do).
+struct Sums {
+  double s1 = 0.0, s2 = 0.0;
+  __device__ __forceinline__ void add(float v) {
+    const double d = v;
+    s1 += d;
+    s2 = __fma_rn(d, d, s2);
+  }
 };
 
-// After a __syncthreads(): sums the per-warp partials in sc.red over the block and adds them to
-// the channels' float64 accumulators, one atomic per block and channel.
-__device__ __forceinline__ void commit_stats(const LaunchArgs& a, const StatScratch& sc, int nc, unsigned ch0) {
-  if (threadIdx.x < nc) {
-    double s1 = 0.0, s2 = 0.0;
-    for (int j = 0; j < kWarps; ++j) {
-      s1 += sc.red[j][threadIdx.x][0];
-      s2 += sc.red[j][threadIdx.x][1];
-    }
-    atomicAdd(a.acc1 + ch0 + threadIdx.x, s1);
-    atomicAdd(a.acc2 + ch0 + threadIdx.x, s2);
+// The block's sums of one channel into its accumulators: one atomic each.
+__device__ __forceinline__ void commit(const LaunchArgs& a, Sums s, unsigned ch, double* shared) {
+  const double s1 = block_sum(s.s1, shared);
+  const double s2 = block_sum(s.s2, shared);
+  if (threadIdx.x == 0) {
+    atomicAdd(a.acc1 + ch, s1);
+    atomicAdd(a.acc2 + ch, s2);
   }
 }
 
-// kPixels: the channels [c0, c0 + nc) of a spatial teacher at one pixel per thread (kernel 3 of
-// docs/FUSION.md). Where the statistics are kept, each value goes to shared memory (one store a
-// channel, not a shuffle tree of 20 instructions) and the block reduces them after the loop:
-// lane k of warp j sums channel k over threads [32j, 32j + 32), in float64.
-template <typename TI, typename TO>
-__device__ __forceinline__ void spatial_pixels(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
-                                               StatScratch& sc) {
-  const std::uint32_t pix = blockIdx.x * kThreads + threadIdx.x;
-  const bool valid = pix < a.plane;
-  const std::uint32_t y = valid ? pix / a.grid_w : 0, x = valid ? pix - y * a.grid_w : 0;
-  const Tap ty = tap(t.ry, y, t.h), tx = tap(t.rx, x, t.w);
-  const auto w = static_cast<std::uint32_t>(t.w);
-  const std::uint32_t r0 = static_cast<std::uint32_t>(ty.i0) * w, r1 = static_cast<std::uint32_t>(ty.i1) * w;
-  const auto x0 = static_cast<std::uint32_t>(tx.i0), x1 = static_cast<std::uint32_t>(tx.i1);
-  const std::uint64_t in_plane = static_cast<std::uint64_t>(t.h) * static_cast<std::uint64_t>(t.w);
-  const TI* src = static_cast<const TI*>(a.in[it.teacher]) + std::uint64_t(it.c0) * in_plane;
-  TO* dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(it.c0) * a.plane + pix;
-  const unsigned ch0 = t.chan_base + it.c0;
-  for (int k = 0; k < it.nc; ++k, src += in_plane, dst += a.plane) {
-    float v = 0.0f;
-    if (valid) {
-      v = bilinear(ld(src + r0 + x0), ld(src + r0 + x1), ld(src + r1 + x0), ld(src + r1 + x1), ty, tx);
-      if (a.write) st(dst, standardise(v, a.mean[ch0 + k], a.scale[ch0 + k]));
-    }
-    if (acc) sc.vals[k][threadIdx.x] = v;
-  }
-  if (!acc) return;  // uniform over the block
-  __syncthreads();
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  if (lane < it.nc) {
-    double s1 = 0.0, s2 = 0.0;
-    const float* row = &sc.vals[lane][warp * 32];
-#pragma unroll 4
-    for (int i = 0; i < 32; ++i) {
-      const double v = row[i];
-      s1 += v;
-      s2 += v * v;
-    }
-    sc.red[warp][lane][0] = s1;
-    sc.red[warp][lane][1] = s2;
-  }
-  __syncthreads();
-  commit_stats(a, sc, it.nc, ch0);
-}
+// ------------------------------------------------------------------ the units
 
-// One row of a channel at the thread's column: the raw value at x0 (bilinear()'s shortcut
-// when both fractions are 0) and the horizontal interpolation, as bilinear() computes it.
-struct RowVal {
-  float raw, h;
+// A value's way out: standardised, cast, stored (where this pass writes) and summed (where it
+// keeps statistics).
+template <typename TO>
+struct Emit {
+  TO* dst;  // the unit's first output element
+  float mean, scale;
+  bool write, acc;
+  Sums sums;
+  __device__ __forceinline__ void one(std::uint64_t i, float v) {
+    if (write) st(dst + i, standardise(v, mean, scale));
+    if (acc) sums.add(v);
+  }
+  __device__ __forceinline__ void two(std::uint64_t i, float v0, float v1) {
+    if (write) st2(dst + i, standardise(v0, mean, scale), standardise(v1, mean, scale));
+    if (acc) {
+      sums.add(v0);
+      sums.add(v1);
+    }
+  }
 };
-template <typename TI>
-__device__ __forceinline__ RowVal load_row(const TI* row, std::uint32_t x0, std::uint32_t x1, const Tap& tx) {
-  const float v0 = ld(row + x0);
-  const float v1 = x1 != x0 ? ld(row + x1) : v0;
-  return {v0, f_add(f_mul(tx.l0, v0), f_mul(tx.l1, v1))};
+
+// copy: elements [u.y0, u.y0 + u.rows) of channel u.c's plane; input and output planes have the
+// grid's size, so a value is taken unchanged (bilinear()'s exact-sample case).
+template <typename TI, typename TO>
+__device__ __forceinline__ void copy_unit(const LaunchArgs& a, const Unit& u, Emit<TO>& e, bool pairs) {
+  const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(u.c) * a.plane + u.y0;
+  if (pairs) {  // u.y0 and u.rows even, the pointers aligned (checked on the host)
+    for (std::uint32_t i = 2 * threadIdx.x; i < u.rows; i += 2 * kThreads) {
+      const float2 v = ld2(src + i);
+      e.two(i, v.x, v.y);
+    }
+  } else {
+    for (std::uint32_t i = threadIdx.x; i < u.rows; i += kThreads) e.one(i, ld(src + i));
+  }
 }
 
-// kRowTiles: the channels [c0, c0 + nc) of a spatial teacher over one tile: a warp covers 32 adjacent
-// columns and kRows adjacent rows, so a row's vertical taps are the same for the whole warp and
-// the horizontal interpolations of an input row are loaded once and reused by the output rows
-// that need it (an upsampled map needs few input rows for kRows output rows). Values are bit
-// for bit those of bilinear(). The statistics are summed per thread over its rows (float64),
-// per warp by shuffles, per block through shared memory, then one atomic per block and channel.
+// band: output rows [u.y0, u.y0 + u.rows) and columns [u.x0, u.x0 + u.cols) of channel u.c.
 template <typename TI, typename TO>
-__device__ __forceinline__ void spatial_item(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
-                                             StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const std::uint32_t grid_h = a.plane / a.grid_w;
-  const bool col_ok = x < a.grid_w;
-  const Tap tx = tap(t.rx, col_ok ? x : 0, t.w);
-  const auto x0 = static_cast<std::uint32_t>(tx.i0), x1 = static_cast<std::uint32_t>(tx.i1);
-  const auto w = static_cast<std::uint32_t>(t.w);
-  // The rows' vertical taps, the same for every channel (warp-uniform).
-  int rows = 0;
-  std::uint32_t i0[kRows], i1[kRows];
-  float l0[kRows], l1[kRows];
-#pragma unroll
-  for (int j = 0; j < kRows; ++j) {
-    if (y0 + j < grid_h) {
-      const Tap ty = tap(t.ry, y0 + j, t.h);
-      i0[j] = static_cast<std::uint32_t>(ty.i0);
-      i1[j] = static_cast<std::uint32_t>(ty.i1);
-      l0[j] = ty.l0;
-      l1[j] = ty.l1;
-      rows = j + 1;
+__device__ __forceinline__ void band_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, Emit<TO>& e,
+                                          bool pairs, float* H) {
+  const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(u.c) * t.h * t.w;
+  const Tap32* ct = a.taps + t.col_taps + u.x0;
+  const Tap32* rt = a.taps + t.row_taps + u.y0;
+  const std::uint32_t cols = u.cols;
+  // 1. H[r][x]: input row u.rbase + r interpolated horizontally at the band's column x.
+  for (std::uint32_t x = threadIdx.x; x < cols; x += kThreads) {
+    const Tap32 tx = ct[x];
+    const TI* row = src + std::uint64_t(u.rbase) * t.w;
+    for (std::uint32_t r = 0; r < u.nrows; ++r, row += t.w) {
+      const float v0 = ld(row + tx.i0);
+      const float v1 = tx.i1 != tx.i0 ? ld(row + tx.i1) : v0;
+      H[r * cols + x] = f_add(f_mul(tx.l0, v0), f_mul(tx.l1, v1));
     }
   }
-  const std::uint64_t in_plane = static_cast<std::uint64_t>(t.h) * static_cast<std::uint64_t>(t.w);
-  const TI* src = static_cast<const TI*>(a.in[it.teacher]) + std::uint64_t(it.c0) * in_plane;
-  TO* dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(it.c0) * a.plane + std::uint64_t(y0) * a.grid_w + x;
-  const unsigned ch0 = t.chan_base + it.c0;
-  for (int k = 0; k < it.nc; ++k, src += in_plane, dst += a.plane) {
-    double s1 = 0.0, s2 = 0.0;
-    if (col_ok) {
-      const float mean = a.mean[ch0 + k], scale = a.scale[ch0 + k];
-      std::uint32_t ra = 0xffffffffu, rb = 0xffffffffu;  // the input rows held in A and B
-      RowVal A{0.0f, 0.0f}, B{0.0f, 0.0f};
-#pragma unroll
-      for (int j = 0; j < kRows; ++j) {
-        if (j < rows) {
-          // A := row i0, B := row i1, reusing what the previous output row loaded.
-          if (i0[j] != ra) {
-            if (i0[j] == rb) {
-              A = B;
-            } else {
-              A = load_row(src + i0[j] * w, x0, x1, tx);
-            }
-            ra = i0[j];
-          }
-          if (i1[j] != rb) {
-            B = i1[j] == ra ? A : load_row(src + i1[j] * w, x0, x1, tx);
-            rb = i1[j];
-          }
-          const float v = (l1[j] == 0.0f && tx.l1 == 0.0f) ? A.raw : f_add(f_mul(l0[j], A.h), f_mul(l1[j], B.h));
-          if (a.write) st(dst + j * a.grid_w, standardise(v, mean, scale));
-          s1 += v;
-          s2 += static_cast<double>(v) * v;
-        }
-      }
-    }
-    if (acc) {  // uniform over the block
-      s1 = warp_sum(s1);
-      s2 = warp_sum(s2);
-      if (lane == 0) {
-        sc.red[warp][k][0] = s1;
-        sc.red[warp][k][1] = s2;
-      }
-    }
-  }
-  if (!acc) return;
   __syncthreads();
-  commit_stats(a, sc, it.nc, ch0);
-}
-
-template <typename TI, typename TO>
-__device__ __forceinline__ void spatial_any(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
-                                            StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
-  if (it.tiles == kRowTiles) {
-    spatial_item<TI, TO>(a, t, it, acc, sc, x, y0);
-  } else {
-    spatial_pixels<TI, TO>(a, t, it, acc, sc);
-  }
-}
-
-template <typename TI>
-__device__ __forceinline__ void spatial_item_in(const LaunchArgs& a, const TeacherDesc& t, const Item& it, bool acc,
-                                                StatScratch& sc, std::uint32_t x, std::uint32_t y0) {
-  if (a.out_dtype == kF16) {
-    spatial_any<TI, __half>(a, t, it, acc, sc, x, y0);
-  } else if (a.out_dtype == kBF16) {
-    spatial_any<TI, __nv_bfloat16>(a, t, it, acc, sc, x, y0);
-  } else {
-    spatial_any<TI, float>(a, t, it, acc, sc, x, y0);
-  }
-}
-
-__device__ __forceinline__ float load_any(const void* p, int dtype, std::uint64_t i) {
-  if (dtype == kF16) return ld(static_cast<const __half*>(p) + i);
-  if (dtype == kBF16) return ld(static_cast<const __nv_bfloat16*>(p) + i);
-  return ld(static_cast<const float*>(p) + i);
-}
-
-__global__ void __launch_bounds__(kThreads, 3) fuse_kernel(LaunchArgs a) {
-  __shared__ StatScratch sc;
-  const Item it = a.items[blockIdx.y];
-  const TeacherDesc t = a.desc[it.teacher];
-  const bool present = (a.present >> it.teacher) & 1u;
-  const bool acc = (a.accumulate >> it.teacher) & 1u;
-
-  if (a.write && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < a.teachers) {
-    store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
-  }
-  if (t.spatial) {
-    const std::uint32_t grid_h = a.plane / a.grid_w;
-    std::uint32_t x = 0, y0 = 0;
-    if (it.tiles == kRowTiles) {
-      // Tile blockIdx.x of the grid: 32 columns by kWarps * kRows rows; this warp's kRows rows.
-      const std::uint32_t tiles_x = (a.grid_w + 31) / 32;
-      const std::uint32_t tiles = tiles_x * ((grid_h + kWarps * kRows - 1) / (kWarps * kRows));
-      if (blockIdx.x >= tiles) return;  // uniform over the block
-      x = (blockIdx.x % tiles_x) * 32 + (threadIdx.x & 31);
-      y0 = (blockIdx.x / tiles_x) * (kWarps * kRows) + (threadIdx.x >> 5) * kRows;
-    } else if (blockIdx.x * kThreads >= a.plane) {
-      return;  // uniform over the block
-    }
-    if (!present) {  // uniform over the block
-      if (!a.write) return;
-      if (it.tiles == kRowTiles) {
-        if (x < a.grid_w) {
-          for (int k = 0; k < it.nc; ++k) {
-            for (int j = 0; j < kRows && y0 + j < grid_h; ++j) {
-              store_any(a.out, a.out_dtype,
-                        t.out_offset + std::uint64_t(it.c0 + k) * a.plane + std::uint64_t(y0 + j) * a.grid_w + x, 0.0f);
-            }
-          }
+  // 2. Each output: the vertical interpolation of two rows of H. A thread keeps its columns
+  // (one or two adjacent) and walks down the rows; the threads of a row cover it side by side.
+  const int step = pairs ? 2 : 1;
+  const std::uint32_t per_row = umin(kThreads, (cols + step - 1) / step);
+  const std::uint32_t rows_at_once = kThreads / per_row;
+  const std::uint32_t lane_x = threadIdx.x % per_row, lane_y = threadIdx.x / per_row;
+  if (lane_y >= rows_at_once) return;
+  const std::uint64_t out_w = a.grid_w;
+  for (std::uint32_t x = lane_x * step; x < cols; x += per_row * step) {
+    for (std::uint32_t y = lane_y; y < u.rows; y += rows_at_once) {
+      const Tap32 ty = rt[y];
+      const float* ha = H + (ty.i0 - u.rbase) * cols + x;
+      const float* hb = H + (ty.i1 - u.rbase) * cols + x;
+      const std::uint64_t o = y * out_w + x;
+      if (pairs) {
+        const float2 A = *reinterpret_cast<const float2*>(ha), B = *reinterpret_cast<const float2*>(hb);
+        float v0 = f_add(f_mul(ty.l0, A.x), f_mul(ty.l1, B.x));
+        float v1 = f_add(f_mul(ty.l0, A.y), f_mul(ty.l1, B.y));
+        if (ty.l1 == 0.0f) {  // an output row on an input row: where the column is too, the sample itself
+          const TI* row = src + std::uint64_t(ty.i0) * t.w;
+          const Tap32 c0 = ct[x], c1 = ct[x + 1];
+          if (c0.l1 == 0.0f) v0 = ld(row + c0.i0);
+          if (c1.l1 == 0.0f) v1 = ld(row + c1.i0);
         }
+        e.two(o, v0, v1);
       } else {
-        const std::uint32_t e = blockIdx.x * kThreads + threadIdx.x;
-        if (e < a.plane) {
-          for (int k = 0; k < it.nc; ++k) {
-            store_any(a.out, a.out_dtype, t.out_offset + std::uint64_t(it.c0 + k) * a.plane + e, 0.0f);
-          }
+        float v = f_add(f_mul(ty.l0, ha[0]), f_mul(ty.l1, hb[0]));
+        if (ty.l1 == 0.0f) {
+          const Tap32 c0 = ct[x];
+          if (c0.l1 == 0.0f) v = ld(src + std::uint64_t(ty.i0) * t.w + c0.i0);
         }
+        e.one(o, v);
       }
-      return;
     }
-    if (!a.write && !acc) return;
-    if (t.dtype == kF16) {
-      spatial_item_in<__half>(a, t, it, acc, sc, x, y0);
-    } else if (t.dtype == kBF16) {
-      spatial_item_in<__nv_bfloat16>(a, t, it, acc, sc, x, y0);
-    } else {
-      spatial_item_in<float>(a, t, it, acc, sc, x, y0);
-    }
-    return;
   }
-  const std::uint32_t extent = static_cast<std::uint32_t>(it.nc);
-  const std::uint32_t e = blockIdx.x * kThreads + threadIdx.x;
-  if (blockIdx.x * kThreads >= extent) return;  // uniform over the block
-  if (!present) {
-    if (a.write && e < extent) store_any(a.out, a.out_dtype, t.out_offset + e, 0.0f);
-    return;
-  }
-  if (!a.write && !acc) return;
-  if (e >= extent) return;
-  const unsigned ch = t.chan_base + e;  // a vector teacher: each element its own channel
-  const float v = load_any(a.in[it.teacher], t.dtype, e);
-  if (acc) {
-    a.acc1[ch] = v;  // one value per channel and frame: no other writer
-    a.acc2[ch] = static_cast<double>(v) * v;
-  }
-  if (a.write) store_any(a.out, a.out_dtype, t.out_offset + e, standardise(v, a.mean[ch], a.scale[ch]));
 }
 
-struct FinalizeArgs {
-  std::uint32_t teachers_mask;  // bit i: fold teacher i's accumulators
-  std::uint32_t first_mask;     // bit i: its first frame (initialise rather than average)
-  std::int64_t grid_elements;   // Hg * Wg
-  double momentum, eps;
-  const TeacherDesc* desc;
-  double *m1, *m2, *acc1, *acc2;
-  float *mean, *scale;
-};
+template <typename TI, typename TO>
+__device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
+                                             float* H, double* shared) {
+  const unsigned ch = t.chan_base + u.c;
+  Emit<TO> e;
+  e.write = a.write != 0;
+  e.acc = acc;
+  e.mean = a.mean[ch];
+  e.scale = a.scale[ch];
+  const bool pairs = t.pairs && ((a.paired >> u.teacher) & 1u);
+  if (t.mode == kCopy) {
+    e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(u.c) * a.plane + u.y0;
+    copy_unit<TI, TO>(a, u, e, pairs);
+  } else {
+    e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(u.c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
+    band_unit<TI, TO>(a, t, u, e, pairs, H);
+  }
+  if (acc) commit(a, e.sums, ch, shared);  // uniform over the block
+}
 
-// One block per teacher.
-__global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeArgs a) {
-  __shared__ double shared[kThreads / 32];
-  __shared__ double var_sum;
-  const int i = blockIdx.x;
-  if (!((a.teachers_mask >> i) & 1u)) return;
+template <typename TI>
+__device__ __forceinline__ void spatial_unit_in(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
+                                                float* H, double* shared) {
+  if (a.out_dtype == kF16) {
+    spatial_unit<TI, __half>(a, t, u, acc, H, shared);
+  } else if (a.out_dtype == kBF16) {
+    spatial_unit<TI, __nv_bfloat16>(a, t, u, acc, H, shared);
+  } else {
+    spatial_unit<TI, float>(a, t, u, acc, H, shared);
+  }
+}
+
+// A missing teacher's part of the unit: zeros.
+__device__ __forceinline__ void zero_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u) {
+  if (t.mode == kBand) {
+    const std::uint64_t base = t.out_offset + std::uint64_t(u.c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
+    for (std::uint32_t i = threadIdx.x; i < u.rows * u.cols; i += kThreads) {
+      const std::uint32_t y = i / u.cols, x = i - y * u.cols;
+      store_any(a.out, a.out_dtype, base + std::uint64_t(y) * a.grid_w + x, 0.0f);
+    }
+  } else {
+    const std::uint64_t base = t.out_offset + (t.mode == kCopy ? std::uint64_t(u.c) * a.plane : 0) + u.y0;
+    for (std::uint32_t i = threadIdx.x; i < u.rows; i += kThreads) store_any(a.out, a.out_dtype, base + i, 0.0f);
+  }
+}
+
+// ------------------------------------------------------------------ the statistics
+
+// Teacher i's accumulators into its running statistics and (mean, scale): by one block.
+__device__ void finalize_teacher(const LaunchArgs& a, int i, double* shared, double* var_sum) {
   const TeacherDesc t = a.desc[i];
-  const bool first = (a.first_mask >> i) & 1u;
-  const double n = t.spatial ? static_cast<double>(a.grid_elements) : 1.0;
+  const bool first = (a.first >> i) & 1u;
+  const double n = t.mode == kVector ? 1.0 : static_cast<double>(a.plane);
   double local = 0.0;
   for (int c = threadIdx.x; c < t.channels; c += blockDim.x) {
     const unsigned k = t.chan_base + c;
-    const double e1 = a.acc1[k] / n, e2 = a.acc2[k] / n;
+    const double e1 = __ldcg(a.acc1 + k) / n, e2 = __ldcg(a.acc2 + k) / n;
     a.acc1[k] = 0.0;
     a.acc2[k] = 0.0;
     const double m1 = first ? e1 : ema(a.m1[k], e1, a.momentum);
@@ -417,7 +365,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeArgs a) {
     local += fmax(d_sub(m2, d_mul(m1, m1)), 0.0);
   }
   local = block_sum(local, shared);
-  if (threadIdx.x == 0) var_sum = local;
+  if (threadIdx.x == 0) *var_sum = local;
   __syncthreads();
   for (int c = threadIdx.x; c < t.channels; c += blockDim.x) {
     const unsigned k = t.chan_base + c;
@@ -427,28 +375,83 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(FinalizeArgs a) {
       continue;
     }
     const double m1 = a.m1[k];
-    const double v = t.norm == static_cast<int>(NormMode::channel) ? fmax(d_sub(a.m2[k], d_mul(m1, m1)), 0.0)
-                                                                    : var_sum / static_cast<double>(t.channels);
+    const double v = t.norm == static_cast<int>(NormMode::channel) ? fmax(d_sub(a.m2[k], d_mul(m1, m1)), 0.0) : *var_sum / static_cast<double>(t.channels);
     a.mean[k] = static_cast<float>(m1);
     a.scale[k] = static_cast<float>(1.0 / sqrt(d_add(v, a.eps)));
   }
+  __syncthreads();  // `var_sum` is read above before the next teacher writes it
+}
+
+__global__ void __launch_bounds__(kThreads) fuse_kernel(LaunchArgs a) {
+  extern __shared__ float H[];
+  __shared__ double shared[kWarps];
+  __shared__ double var_sum;
+  __shared__ bool last;
+  const Unit u = a.units[blockIdx.x];
+  const TeacherDesc t = a.desc[u.teacher];
+  const bool present = (a.present >> u.teacher) & 1u;
+  const bool acc = (a.accumulate >> u.teacher) & 1u;
+
+  if (a.write && blockIdx.x == 0 && threadIdx.x < a.teachers) {
+    store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
+  }
+  if (!present) {  // uniform over the block, as everything below that branches on the unit
+    if (a.write) zero_unit(a, t, u);
+  } else if (t.mode == kVector) {
+    for (std::uint32_t i = threadIdx.x; i < u.rows; i += kThreads) {
+      const std::uint32_t e = u.y0 + i;
+      const unsigned ch = t.chan_base + e;  // each element its own channel
+      const float v = load_any(a.in[u.teacher], t.dtype, e);
+      if (acc) {
+        a.acc1[ch] = v;  // one value per channel and frame: no other writer
+        a.acc2[ch] = static_cast<double>(v) * v;
+      }
+      if (a.write) store_any(a.out, a.out_dtype, t.out_offset + e, standardise(v, a.mean[ch], a.scale[ch]));
+    }
+  } else if (a.write || acc) {
+    if (t.dtype == kF16) {
+      spatial_unit_in<__half>(a, t, u, acc, H, shared);
+    } else if (t.dtype == kBF16) {
+      spatial_unit_in<__nv_bfloat16>(a, t, u, acc, H, shared);
+    } else {
+      spatial_unit_in<float>(a, t, u, acc, H, shared);
+    }
+  }
+  if (!a.accumulate) return;  // uniform over the launch
+  // The last block to get here folds every accumulator: the others' atomics are visible to it
+  // once they have fenced before counting themselves done.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int i = 0; i < a.teachers; ++i) {
+    if ((a.accumulate >> i) & 1u) finalize_teacher(a, i, shared, &var_sum);
+  }
+  if (threadIdx.x == 0) *a.done = 0;
 }
 
 }  // namespace
 
 struct FusionGpu::Device {
   TeacherDesc* desc = nullptr;
-  Item* items = nullptr;
+  Unit* units = nullptr;
+  Tap32* taps = nullptr;
   double* stats = nullptr;  // m1, m2, acc1, acc2: total_channels each
   float* norm = nullptr;    // mean, scale
-  unsigned item_count = 0;
-  unsigned grid_x = 1;
+  unsigned* done = nullptr;
+  unsigned unit_count = 0;
+  std::size_t shared_bytes = 0;
   std::size_t channels = 0;
+  std::vector<int> pairs;  // per teacher: TeacherDesc::pairs
   ~Device() {
     cudaFree(desc);
-    cudaFree(items);
+    cudaFree(units);
+    cudaFree(taps);
     cudaFree(stats);
     cudaFree(norm);
+    cudaFree(done);
   }
   double* m1() const { return stats; }
   double* m2() const { return stats + channels; }
@@ -458,79 +461,134 @@ struct FusionGpu::Device {
   float* scale() const { return norm + channels; }
 };
 
+namespace {
+
+std::int64_t unit_elements() {
+  const char* env = std::getenv("DIRECTPORT_FUSION_UNIT");
+  if (!env || !*env) return kUnitElements;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  if (*end != '\0' || v < 256 || v > (1 << 24)) {
+    throw ValidationError(std::string("DIRECTPORT_FUSION_UNIT must be a number of elements from 256 to 16777216, got '") +
+                          env + "'");
+  }
+  return v;
+}
+
+// The launch's grid has one block a unit.
+constexpr std::int64_t kMaxUnits = std::numeric_limits<std::int32_t>::max();
+[[noreturn]] void too_many(std::size_t units) {
+  throw ValidationError("fusion layout makes " + std::to_string(units) + " work units of about " +
+                        std::to_string(unit_elements()) + " elements; the launch allows 2^31 - 1 (a larger " +
+                        "DIRECTPORT_FUSION_UNIT, or a smaller grid)");
+}
+
+// The taps of every output index along one axis: what the CPU reference computes per element.
+void push_taps(std::vector<Tap32>& taps, std::int64_t in, std::int64_t out) {
+  const Resample r = make_resample(in, out);
+  for (std::int64_t d = 0; d < out; ++d) {
+    const Tap t = tap(r, d, in);
+    taps.push_back({static_cast<std::uint32_t>(t.i0), static_cast<std::uint32_t>(t.i1), t.l0, t.l1});
+  }
+}
+
+}  // namespace
+
 FusionGpu::FusionGpu(FusionLayout layout)
     : layout_(std::move(layout)), frames_(layout_.teachers(), 0), dev_(std::make_unique<Device>()) {
   const auto& L = layout_;
+  auto& D = *dev_;
+  const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
+  const std::int64_t target = unit_elements();
   std::vector<TeacherDesc> desc;
-  std::vector<Item> items;
-  const std::int64_t plane = L.grid_h() * L.grid_w();
-  constexpr auto kMax32 = static_cast<std::int64_t>(std::numeric_limits<std::int32_t>::max());
-  if (plane > kMax32) {
-    throw ValidationError("fusion grid " + std::to_string(L.grid_h()) + "x" + std::to_string(L.grid_w()) +
-                          " has more than 2^31 elements a channel; the kernel indexes a plane with 32 bits");
-  }
-  // Blocks along x: a spatial teacher's pixels by kThreads or its row tiles, or a vector
-  // teacher's elements by kThreads.
-  const std::int64_t row_tiles = ((L.grid_w() + 31) / 32) * ((L.grid_h() + kWarps * kRows - 1) / (kWarps * kRows));
-  const std::int64_t pixel_blocks = (plane + kThreads - 1) / kThreads;
-  std::int64_t largest_blocks = 1;
-  // Row tiles pay off where an input row serves several output rows: maps upsampled in y.
-  // DIRECTPORT_FUSION_TILES=pixels|rows forces one mapping for every teacher (for measuring them
-  // against each other: bench/fusion_bench.cpp); unset or "auto" chooses per teacher.
-  const char* tiles_env = std::getenv("DIRECTPORT_FUSION_TILES");
-  const std::string tiles_mode = tiles_env ? tiles_env : "auto";
-  if (tiles_mode != "auto" && tiles_mode != "pixels" && tiles_mode != "rows") {
-    throw ValidationError("DIRECTPORT_FUSION_TILES must be auto, pixels or rows, got '" + tiles_mode + "'");
-  }
+  std::vector<Unit> units;
+  std::vector<Tap32> taps;
+  std::size_t shared_bytes = 0;
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     const auto& in = L.inputs()[i];
     TeacherDesc d{};
     d.dtype = dtype_code(in.dtype);
-    d.spatial = in.spatial();
     d.norm = static_cast<int>(in.norm);
     d.channels = static_cast<int>(in.channels());
-    d.h = in.spatial() ? in.shape[1] : 1;
-    d.w = in.spatial() ? in.shape[2] : 1;
-    d.ry = make_resample(d.h, in.spatial() ? L.grid_h() : 1);
-    d.rx = make_resample(d.w, in.spatial() ? L.grid_w() : 1);
     d.chan_base = static_cast<unsigned>(L.channel_base(i));
     d.out_offset = L.offset(i);
-    desc.push_back(d);
-    if (in.spatial()) {
-      if (d.h * d.w > kMax32) {
-        throw ValidationError("fusion input " + std::to_string(i) + " has more than 2^31 elements a channel (" +
-                              std::to_string(d.h) + "x" + std::to_string(d.w) + "); the kernel indexes a plane with 32 bits");
+    const auto ti = static_cast<std::uint32_t>(i);
+    if (!in.spatial()) {
+      d.mode = kVector;
+      d.h = d.w = 1;
+      for (std::int64_t e = 0; e < d.channels; e += target) {
+        units.push_back({ti, 0, static_cast<std::uint32_t>(e), static_cast<std::uint32_t>(std::min(target, d.channels - e)), 0, 0, 0, 0});
       }
-      const bool rows = tiles_mode == "rows" || (tiles_mode == "auto" && d.h < L.grid_h());
-      largest_blocks = std::max(largest_blocks, rows ? row_tiles : pixel_blocks);
-      const int group = !rows ? kGroup
-                        : row_tiles * ((d.channels + kRowGroupLarge - 1) / kRowGroupLarge) >= kRowBlocks ? kRowGroupLarge
-                                                                                                        : kRowGroupSmall;
-      for (int c = 0; c < d.channels; c += group) {
-        items.push_back({static_cast<int>(i), c, std::min(group, d.channels - c), rows ? kRowTiles : kPixels});
-      }
-    } else {
-      items.push_back({static_cast<int>(i), 0, d.channels, kPixels});
-      largest_blocks = std::max<std::int64_t>(largest_blocks, (d.channels + kThreads - 1) / kThreads);
+      desc.push_back(d);
+      continue;
     }
+    d.h = static_cast<std::uint32_t>(in.shape[1]);
+    d.w = static_cast<std::uint32_t>(in.shape[2]);
+    d.mode = d.h == Hg && d.w == Wg ? kCopy : kBand;
+    // Pairs: two adjacent elements share a row and an alignment of two in the input (copy) and
+    // the output, whichever channel and row (the pointers themselves are checked per frame).
+    d.pairs = L.offset(i) % 2 == 0 && plane % 2 == 0 && (d.mode == kCopy || Wg % 2 == 0);
+    if (d.mode == kCopy) {
+      const std::int64_t n = std::max<std::int64_t>(2, target / 2 * 2);
+      const std::int64_t count = d.channels * ((plane + n - 1) / n);
+      if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count));
+      for (std::int64_t c = 0; c < d.channels; ++c) {
+        for (std::int64_t e = 0; e < plane; e += n) {
+          units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(e),
+                           static_cast<std::uint32_t>(std::min(n, plane - e)), 0, 0, 0, 0});
+        }
+      }
+      desc.push_back(d);
+      continue;
+    }
+    d.row_taps = static_cast<std::uint32_t>(taps.size());
+    push_taps(taps, d.h, Hg);
+    d.col_taps = static_cast<std::uint32_t>(taps.size());
+    push_taps(taps, d.w, Wg);
+    const Tap32* rt = taps.data() + d.row_taps;
+    // Columns: the grid's width, or chunks of kMaxCols (even, so that pairs stay aligned).
+    const std::int64_t cols = std::min(Wg, kMaxCols);
+    // Rows: as many as make `target` elements, fewer where their input rows would not fit.
+    auto span = [&](std::int64_t y0, std::int64_t rows) {  // input rows a band needs
+      return std::int64_t(rt[y0 + rows - 1].i1) - std::int64_t(rt[y0].i0) + 1;
+    };
+    auto widest = [&](std::int64_t rows) {
+      std::int64_t m = 0;
+      for (std::int64_t y0 = 0; y0 < Hg; y0 += rows) m = std::max(m, span(y0, std::min(rows, Hg - y0)));
+      return m;
+    };
+    std::int64_t rows = std::clamp<std::int64_t>(target / cols, 1, Hg);
+    while (rows > 1 && widest(rows) * cols * 4 > kBandBytes) rows = rows > 8 ? rows * 3 / 4 : rows - 1;
+    shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(widest(rows) * cols * 4));
+    const std::int64_t count = d.channels * ((Hg + rows - 1) / rows) * ((Wg + cols - 1) / cols);
+    if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count));
+    for (std::int64_t c = 0; c < d.channels; ++c) {
+      for (std::int64_t y0 = 0; y0 < Hg; y0 += rows) {
+        const std::int64_t r = std::min(rows, Hg - y0);
+        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) {
+          units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(y0), static_cast<std::uint32_t>(r),
+                           static_cast<std::uint32_t>(x0), static_cast<std::uint32_t>(std::min(cols, Wg - x0)),
+                           rt[y0].i0, static_cast<std::uint32_t>(span(y0, r))});
+        }
+      }
+    }
+    desc.push_back(d);
   }
-  // The grid's y holds one item per group of channels: at most 65535.
-  if (items.size() > 65535) {
-    throw ValidationError("fusion layout has " + std::to_string(items.size()) + " work items of up to " +
-                          std::to_string(kGroup) + " channels; the kernel's grid allows 65535 (fewer channels, or " +
-                          "DIRECTPORT_FUSION_TILES=pixels)");
-  }
-  auto& D = *dev_;
-  D.item_count = static_cast<unsigned>(items.size());
+  D.unit_count = static_cast<unsigned>(units.size());
+  D.shared_bytes = shared_bytes;
   D.channels = L.total_channels();
-  D.grid_x = static_cast<unsigned>(std::max<std::int64_t>(1, largest_blocks));
+  for (const auto& d : desc) D.pairs.push_back(d.pairs);
   DP_CUDA_CHECK(cudaMalloc(&D.desc, desc.size() * sizeof(TeacherDesc)));
-  DP_CUDA_CHECK(cudaMalloc(&D.items, items.size() * sizeof(Item)));
+  DP_CUDA_CHECK(cudaMalloc(&D.units, units.size() * sizeof(Unit)));
+  DP_CUDA_CHECK(cudaMalloc(&D.taps, std::max<std::size_t>(1, taps.size()) * sizeof(Tap32)));
   DP_CUDA_CHECK(cudaMalloc(&D.stats, 4 * D.channels * sizeof(double)));
   DP_CUDA_CHECK(cudaMalloc(&D.norm, 2 * D.channels * sizeof(float)));
+  DP_CUDA_CHECK(cudaMalloc(&D.done, sizeof(unsigned)));
   DP_CUDA_CHECK(cudaMemcpy(D.desc, desc.data(), desc.size() * sizeof(TeacherDesc), cudaMemcpyHostToDevice));
-  DP_CUDA_CHECK(cudaMemcpy(D.items, items.data(), items.size() * sizeof(Item), cudaMemcpyHostToDevice));
+  DP_CUDA_CHECK(cudaMemcpy(D.units, units.data(), units.size() * sizeof(Unit), cudaMemcpyHostToDevice));
+  if (!taps.empty()) DP_CUDA_CHECK(cudaMemcpy(D.taps, taps.data(), taps.size() * sizeof(Tap32), cudaMemcpyHostToDevice));
   DP_CUDA_CHECK(cudaMemset(D.stats, 0, 4 * D.channels * sizeof(double)));
+  DP_CUDA_CHECK(cudaMemset(D.done, 0, sizeof(unsigned)));
   std::vector<float> norm(2 * D.channels, 0.0f);
   std::fill(norm.begin() + static_cast<std::ptrdiff_t>(D.channels), norm.end(), 1.0f);
   DP_CUDA_CHECK(cudaMemcpy(D.norm, norm.data(), norm.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -548,60 +606,51 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   auto& D = *dev_;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   LaunchArgs a{};
-  std::uint32_t present = 0, first = 0;
+  std::uint32_t present = 0, first = 0, paired = 0;
+  const auto out_align = 2 * dtype_size(L.out_dtype());
+  const bool out_ok = reinterpret_cast<std::uintptr_t>(out) % out_align == 0;
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     a.in[i] = inputs[i];
     if (!inputs[i]) continue;
     present |= 1u << i;
     if (frames_[i] == 0) first |= 1u << i;
+    const auto in_align = 2 * dtype_size(L.inputs()[i].dtype);
+    if (D.pairs[i] && out_ok && reinterpret_cast<std::uintptr_t>(inputs[i]) % in_align == 0) paired |= 1u << i;
   }
   a.present = present;
+  a.paired = paired;
   a.out = out;
   a.out_dtype = dtype_code(L.out_dtype());
   a.teachers = static_cast<int>(L.teachers());
   a.grid_w = static_cast<std::uint32_t>(L.grid_w());
+  a.plane = static_cast<std::uint32_t>(L.grid_h() * L.grid_w());
   a.mask_offset = L.mask_offset();
   a.desc = D.desc;
-  a.items = D.items;
-  a.plane = static_cast<std::uint32_t>(L.grid_h() * L.grid_w());
+  a.units = D.units;
+  a.taps = D.taps;
+  a.m1 = D.m1();
+  a.m2 = D.m2();
   a.acc1 = D.acc1();
   a.acc2 = D.acc2();
   a.mean = D.mean();
   a.scale = D.scale();
-
-  FinalizeArgs f{};
-  f.grid_elements = L.grid_h() * L.grid_w();
-  f.momentum = L.momentum();
-  f.eps = L.eps();
-  f.desc = D.desc;
-  f.m1 = D.m1();
-  f.m2 = D.m2();
-  f.acc1 = D.acc1();
-  f.acc2 = D.acc2();
-  f.mean = D.mean();
-  f.scale = D.scale();
-  const dim3 grid(D.grid_x, D.item_count);
+  a.done = D.done;
+  a.momentum = L.momentum();
+  a.eps = L.eps();
+  const dim3 grid(D.unit_count);
   if (first) {
     // A teacher's first frame: its statistics first, so that it is standardised with them.
     a.write = 0;
     a.accumulate = first;
-    fuse_kernel<<<grid, kThreads, 0, s>>>(a);
-    DP_CUDA_CHECK(cudaGetLastError());
-    f.teachers_mask = first;
-    f.first_mask = first;
-    finalize_kernel<<<static_cast<unsigned>(L.teachers()), kThreads, 0, s>>>(f);
+    a.first = first;
+    fuse_kernel<<<grid, kThreads, D.shared_bytes, s>>>(a);
     DP_CUDA_CHECK(cudaGetLastError());
   }
   a.write = 1;
   a.accumulate = present & ~first;
-  fuse_kernel<<<grid, kThreads, 0, s>>>(a);
+  a.first = 0;
+  fuse_kernel<<<grid, kThreads, D.shared_bytes, s>>>(a);
   DP_CUDA_CHECK(cudaGetLastError());
-  if (a.accumulate) {
-    f.teachers_mask = a.accumulate;
-    f.first_mask = 0;
-    finalize_kernel<<<static_cast<unsigned>(L.teachers()), kThreads, 0, s>>>(f);
-    DP_CUDA_CHECK(cudaGetLastError());
-  }
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     if (inputs[i]) ++frames_[i];
   }

@@ -469,14 +469,24 @@ double ulp_of(DType t, float v) {
 }
 
 // Random frames through both, teachers missing at random; outputs and statistics compared.
-void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed, bool exact) {
+// `misalign`: every input and the output start one element past an allocation's start, so that
+// the kernel may not load or store two elements at once.
+void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed, bool exact, bool misalign = false) {
   std::mt19937_64 rng(seed);
   FusionCpu cpu(L);
   kernels::FusionGpu gpu(L);
   std::vector<std::unique_ptr<DeviceBytes>> dev_in;
-  for (std::size_t i = 0; i < L.teachers(); ++i) dev_in.push_back(std::make_unique<DeviceBytes>(L.input_bytes(i)));
-  DeviceBytes dev_out(L.total_bytes());
-  ASSERT_TRUE(dev_out.p);
+  std::vector<void*> in_at;
+  for (std::size_t i = 0; i < L.teachers(); ++i) {
+    const std::size_t skip = misalign ? dtype_size(L.inputs()[i].dtype) : 0;
+    dev_in.push_back(std::make_unique<DeviceBytes>(L.input_bytes(i) + skip));
+    ASSERT_TRUE(dev_in.back()->p);
+    in_at.push_back(static_cast<std::uint8_t*>(dev_in.back()->p) + skip);
+  }
+  const std::size_t out_skip = misalign ? dtype_size(L.out_dtype()) : 0;
+  DeviceBytes dev_out_alloc(L.total_bytes() + out_skip);
+  ASSERT_TRUE(dev_out_alloc.p);
+  void* const dev_out = static_cast<std::uint8_t*>(dev_out_alloc.p) + out_skip;
   std::vector<std::uint8_t> out_cpu(L.total_bytes()), out_gpu(L.total_bytes());
   for (int f = 0; f < frames; ++f) {
     SCOPED_TRACE("frame " + std::to_string(f));
@@ -495,15 +505,15 @@ void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed,
           std::memcpy(host[i].data() + 2 * k, &h, 2);
         }
       }
-      ASSERT_EQ(cudaMemcpy(dev_in[i]->p, host[i].data(), host[i].size(), cudaMemcpyHostToDevice), cudaSuccess);
+      ASSERT_EQ(cudaMemcpy(in_at[i], host[i].data(), host[i].size(), cudaMemcpyHostToDevice), cudaSuccess);
       in_cpu[i] = host[i].data();
-      in_gpu[i] = dev_in[i]->p;
+      in_gpu[i] = in_at[i];
     }
     cpu.fuse(in_cpu, out_cpu.data());
-    ASSERT_EQ(cudaMemset(dev_out.p, 0xff, L.total_bytes()), cudaSuccess);  // every element must be written
-    gpu.fuse(in_gpu, dev_out.p, nullptr);
+    ASSERT_EQ(cudaMemset(dev_out, 0xff, L.total_bytes()), cudaSuccess);  // every element must be written
+    gpu.fuse(in_gpu, dev_out, nullptr);
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    ASSERT_EQ(cudaMemcpy(out_gpu.data(), dev_out.p, L.total_bytes(), cudaMemcpyDeviceToHost), cudaSuccess);
+    ASSERT_EQ(cudaMemcpy(out_gpu.data(), dev_out, L.total_bytes(), cudaMemcpyDeviceToHost), cudaSuccess);
     if (exact) {
       ASSERT_EQ(out_gpu, out_cpu) << "the GPU differs from the CPU reference";
     } else {
@@ -541,6 +551,34 @@ TEST_F(GpuFusion, EveryDtypeOddSizesUpAndDownSamplingMatchTheCpu) {
       }
     }
   }
+#endif
+}
+
+// The kernel's work units: bands of output rows with their input rows in shared memory, split
+// into column chunks on a grid wider than 2 048, made small (DIRECTPORT_FUSION_UNIT) so that a
+// channel is many bands; a map resampled on one axis only; a strong downsampling (a band's input
+// rows then span more than its output rows); pointers that forbid paired loads and stores.
+TEST_F(GpuFusion, BandsChunksAndUnalignedPointersMatchTheCpu) {
+#if DIRECTPORT_HAS_CUDA
+  const std::uint64_t seed = test::test_seed();
+  for (const char* unit : {"256", "8192"}) {
+    ::setenv("DIRECTPORT_FUSION_UNIT", unit, 1);
+    for (bool misalign : {false, true}) {
+      SCOPED_TRACE(std::string("DIRECTPORT_FUSION_UNIT=") + unit + (misalign ? ", misaligned pointers" : ""));
+      FusionLayout wide({map("up", DType::f16, 2, 3, 1000), map("same", DType::bf16, 3, 6, 2100),
+                         map("rows", DType::f32, 2, 6, 700), map("cols", DType::f32, 2, 2, 2100)},
+                        6, 2100, DType::bf16, 0.1);
+      compare_gpu_with_cpu(wide, 3, seed, false, misalign);
+      FusionLayout down({map("down8", DType::bf16, 3, 256, 96), map("up", DType::f16, 5, 7, 6), map("same", DType::f32, 4, 32, 48),
+                         vec("v", DType::f16, 300)},
+                        32, 48, DType::f16, 0.1);
+      compare_gpu_with_cpu(down, 4, seed + 1, false, misalign);
+      FusionLayout exact({map("up", DType::f32, 3, 16, 12, NormMode::none), map("down", DType::f16, 2, 64, 96, NormMode::none)},
+                         32, 48, DType::f32);
+      compare_gpu_with_cpu(exact, 2, seed + 2, true, misalign);
+    }
+  }
+  ::unsetenv("DIRECTPORT_FUSION_UNIT");
 #endif
 }
 
