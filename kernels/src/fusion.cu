@@ -40,9 +40,12 @@ constexpr int kWarps = kThreads / 32;
 // A band holds at most this many columns, and its rows of horizontal interpolations at most
 // kBandBytes of shared memory: two rows of kMaxCols always fit, whatever the scale.
 constexpr std::int64_t kMaxCols = 2048;
-constexpr std::int64_t kBandBytes = 24 * 1024;
-// Output elements a unit aims at (DIRECTPORT_FUSION_UNIT overrides it, for measuring).
-constexpr std::int64_t kUnitElements = 8192;
+constexpr std::int64_t kBandBytes = 32 * 1024;
+// Output elements a unit aims at, over its channels, and channels a unit takes at most
+// (DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP override them, for measuring).
+constexpr std::int64_t kUnitElements = 32768;
+constexpr int kGroup = 4;
+constexpr int kMaxGroup = 8;
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 enum : int { kCopy = 0, kBand = 1, kVector = 2 };
@@ -67,7 +70,7 @@ struct TeacherDesc {
 };
 
 struct Unit {
-  std::uint32_t teacher, c;  // c: the channel (copy, band); 0 for a vector
+  std::uint32_t teacher, c, nc;  // channels [c, c + nc) (copy, band); a vector: 0, 1
   std::uint32_t y0, rows;    // band: output rows [y0, y0 + rows); copy, vector: elements [y0, y0 + rows)
   std::uint32_t x0, cols;    // band: output columns [x0, x0 + cols)
   std::uint32_t rbase, nrows;  // band: input rows [rbase, rbase + nrows), interpolated into shared memory
@@ -195,13 +198,27 @@ struct Sums {
   }
 };
 
-// The block's sums of one channel into its accumulators: one atomic each.
-__device__ __forceinline__ void commit(const LaunchArgs& a, Sums s, unsigned ch, double* shared) {
-  const double s1 = block_sum(s.s1, shared);
-  const double s2 = block_sum(s.s2, shared);
-  if (threadIdx.x == 0) {
-    atomicAdd(a.acc1 + ch, s1);
-    atomicAdd(a.acc2 + ch, s2);
+// Per-warp sums of a unit's channels, then the block's: one atomic per channel and moment.
+struct Partials {
+  double v[kWarps][kMaxGroup][2];
+};
+__device__ __forceinline__ void warp_partial(Sums s, int g, Partials& p) {
+  const double s1 = warp_sum(s.s1), s2 = warp_sum(s.s2);
+  if ((threadIdx.x & 31) == 0) {
+    p.v[threadIdx.x >> 5][g][0] = s1;
+    p.v[threadIdx.x >> 5][g][1] = s2;
+  }
+}
+// Every thread of the block, after warp_partial() for channels [0, nc). The threads that add to
+// the accumulators fence, so that the launch's last block sees their sums.
+__device__ __forceinline__ void commit(const LaunchArgs& a, const Partials& p, int nc, unsigned ch0) {
+  __syncthreads();
+  if (threadIdx.x < 2 * nc) {
+    const int g = threadIdx.x >> 1, k = threadIdx.x & 1;
+    double sum = 0.0;
+    for (int w = 0; w < kWarps; ++w) sum += p.v[w][g][k];
+    atomicAdd((k ? a.acc2 : a.acc1) + ch0 + g, sum);
+    __threadfence();
   }
 }
 
@@ -228,11 +245,11 @@ struct Emit {
   }
 };
 
-// copy: elements [u.y0, u.y0 + u.rows) of channel u.c's plane; input and output planes have the
+// copy: elements [u.y0, u.y0 + u.rows) of channel c's plane; input and output planes have the
 // grid's size, so a value is taken unchanged (bilinear()'s exact-sample case).
 template <typename TI, typename TO>
-__device__ __forceinline__ void copy_unit(const LaunchArgs& a, const Unit& u, Emit<TO>& e, bool pairs) {
-  const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(u.c) * a.plane + u.y0;
+__device__ __forceinline__ void copy_channel(const LaunchArgs& a, const Unit& u, std::uint32_t c, Emit<TO>& e, bool pairs) {
+  const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(c) * a.plane + u.y0;
   if (pairs) {  // u.y0 and u.rows even, the pointers aligned (checked on the host)
     for (std::uint32_t i = 2 * threadIdx.x; i < u.rows; i += 2 * kThreads) {
       const float2 v = ld2(src + i);
@@ -243,27 +260,39 @@ __device__ __forceinline__ void copy_unit(const LaunchArgs& a, const Unit& u, Em
   }
 }
 
-// band: output rows [u.y0, u.y0 + u.rows) and columns [u.x0, u.x0 + u.cols) of channel u.c.
+// band, step 1: H[g][r][x], input row u.rbase + r of channel u.c + g interpolated horizontally
+// at the band's column x, for every channel of the unit.
+template <typename TI>
+__device__ __forceinline__ void band_rows(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, float* H) {
+  const Tap32* ct = a.taps + t.col_taps + u.x0;
+  const std::uint32_t cols = u.cols;
+  const std::uint64_t in_plane = std::uint64_t(t.h) * t.w;
+  for (std::uint32_t x = threadIdx.x; x < cols; x += kThreads) {
+    const Tap32 tx = ct[x];
+    for (std::uint32_t g = 0; g < u.nc; ++g) {
+      const TI* row = static_cast<const TI*>(a.in[u.teacher]) + (u.c + g) * in_plane + std::uint64_t(u.rbase) * t.w;
+      float* h = H + g * u.nrows * cols + x;
+#pragma unroll 4
+      for (std::uint32_t r = 0; r < u.nrows; ++r) {
+        const float v0 = ld(row + r * t.w + tx.i0);
+        const float v1 = ld(row + r * t.w + tx.i1);  // the same element where i1 == i0
+        h[r * cols] = f_add(f_mul(tx.l0, v0), f_mul(tx.l1, v1));
+      }
+    }
+  }
+}
+
+// band, step 2: output rows [u.y0, u.y0 + u.rows) and columns [u.x0, u.x0 + u.cols) of channel
+// c, from its rows H. Each output is the vertical interpolation of two rows of H. A thread keeps
+// its columns (one or two adjacent) and walks down the rows; the threads of a row cover it side
+// by side.
 template <typename TI, typename TO>
-__device__ __forceinline__ void band_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, Emit<TO>& e,
-                                          bool pairs, float* H) {
-  const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(u.c) * t.h * t.w;
+__device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, std::uint32_t c,
+                                             Emit<TO>& e, bool pairs, const float* H) {
+  const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(c) * t.h * t.w;
   const Tap32* ct = a.taps + t.col_taps + u.x0;
   const Tap32* rt = a.taps + t.row_taps + u.y0;
   const std::uint32_t cols = u.cols;
-  // 1. H[r][x]: input row u.rbase + r interpolated horizontally at the band's column x.
-  for (std::uint32_t x = threadIdx.x; x < cols; x += kThreads) {
-    const Tap32 tx = ct[x];
-    const TI* row = src + std::uint64_t(u.rbase) * t.w;
-    for (std::uint32_t r = 0; r < u.nrows; ++r, row += t.w) {
-      const float v0 = ld(row + tx.i0);
-      const float v1 = tx.i1 != tx.i0 ? ld(row + tx.i1) : v0;
-      H[r * cols + x] = f_add(f_mul(tx.l0, v0), f_mul(tx.l1, v1));
-    }
-  }
-  __syncthreads();
-  // 2. Each output: the vertical interpolation of two rows of H. A thread keeps its columns
-  // (one or two adjacent) and walks down the rows; the threads of a row cover it side by side.
   const int step = pairs ? 2 : 1;
   const std::uint32_t per_row = umin(kThreads, (cols + step - 1) / step);
   const std::uint32_t rows_at_once = kThreads / per_row;
@@ -271,6 +300,7 @@ __device__ __forceinline__ void band_unit(const LaunchArgs& a, const TeacherDesc
   if (lane_y >= rows_at_once) return;
   const std::uint64_t out_w = a.grid_w;
   for (std::uint32_t x = lane_x * step; x < cols; x += per_row * step) {
+#pragma unroll 2
     for (std::uint32_t y = lane_y; y < u.rows; y += rows_at_once) {
       const Tap32 ty = rt[y];
       const float* ha = H + (ty.i0 - u.rbase) * cols + x;
@@ -301,47 +331,57 @@ __device__ __forceinline__ void band_unit(const LaunchArgs& a, const TeacherDesc
 
 template <typename TI, typename TO>
 __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
-                                             float* H, double* shared) {
-  const unsigned ch = t.chan_base + u.c;
-  Emit<TO> e;
-  e.write = a.write != 0;
-  e.acc = acc;
-  e.mean = a.mean[ch];
-  e.scale = a.scale[ch];
+                                             float* H, Partials& partials) {
   const bool pairs = t.pairs && ((a.paired >> u.teacher) & 1u);
-  if (t.mode == kCopy) {
-    e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(u.c) * a.plane + u.y0;
-    copy_unit<TI, TO>(a, u, e, pairs);
-  } else {
-    e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(u.c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
-    band_unit<TI, TO>(a, t, u, e, pairs, H);
+  if (t.mode == kBand) {
+    band_rows<TI>(a, t, u, H);
+    __syncthreads();
   }
-  if (acc) commit(a, e.sums, ch, shared);  // uniform over the block
+  for (std::uint32_t g = 0; g < u.nc; ++g) {
+    const std::uint32_t c = u.c + g;
+    const unsigned ch = t.chan_base + c;
+    Emit<TO> e;
+    e.write = a.write != 0;
+    e.acc = acc;
+    e.mean = a.mean[ch];
+    e.scale = a.scale[ch];
+    if (t.mode == kCopy) {
+      e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(c) * a.plane + u.y0;
+      copy_channel<TI, TO>(a, u, c, e, pairs);
+    } else {
+      e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
+      band_channel<TI, TO>(a, t, u, c, e, pairs, H + g * u.nrows * u.cols);
+    }
+    if (acc) warp_partial(e.sums, static_cast<int>(g), partials);  // uniform over the block
+  }
+  if (acc) commit(a, partials, static_cast<int>(u.nc), t.chan_base + u.c);
 }
 
 template <typename TI>
 __device__ __forceinline__ void spatial_unit_in(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
-                                                float* H, double* shared) {
+                                                float* H, Partials& partials) {
   if (a.out_dtype == kF16) {
-    spatial_unit<TI, __half>(a, t, u, acc, H, shared);
+    spatial_unit<TI, __half>(a, t, u, acc, H, partials);
   } else if (a.out_dtype == kBF16) {
-    spatial_unit<TI, __nv_bfloat16>(a, t, u, acc, H, shared);
+    spatial_unit<TI, __nv_bfloat16>(a, t, u, acc, H, partials);
   } else {
-    spatial_unit<TI, float>(a, t, u, acc, H, shared);
+    spatial_unit<TI, float>(a, t, u, acc, H, partials);
   }
 }
 
 // A missing teacher's part of the unit: zeros.
 __device__ __forceinline__ void zero_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u) {
-  if (t.mode == kBand) {
-    const std::uint64_t base = t.out_offset + std::uint64_t(u.c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
-    for (std::uint32_t i = threadIdx.x; i < u.rows * u.cols; i += kThreads) {
-      const std::uint32_t y = i / u.cols, x = i - y * u.cols;
-      store_any(a.out, a.out_dtype, base + std::uint64_t(y) * a.grid_w + x, 0.0f);
+  for (std::uint32_t c = u.c; c < u.c + u.nc; ++c) {
+    if (t.mode == kBand) {
+      const std::uint64_t base = t.out_offset + std::uint64_t(c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
+      for (std::uint32_t i = threadIdx.x; i < u.rows * u.cols; i += kThreads) {
+        const std::uint32_t y = i / u.cols, x = i - y * u.cols;
+        store_any(a.out, a.out_dtype, base + std::uint64_t(y) * a.grid_w + x, 0.0f);
+      }
+    } else {
+      const std::uint64_t base = t.out_offset + (t.mode == kCopy ? std::uint64_t(c) * a.plane : 0) + u.y0;
+      for (std::uint32_t i = threadIdx.x; i < u.rows; i += kThreads) store_any(a.out, a.out_dtype, base + i, 0.0f);
     }
-  } else {
-    const std::uint64_t base = t.out_offset + (t.mode == kCopy ? std::uint64_t(u.c) * a.plane : 0) + u.y0;
-    for (std::uint32_t i = threadIdx.x; i < u.rows; i += kThreads) store_any(a.out, a.out_dtype, base + i, 0.0f);
   }
 }
 
@@ -382,9 +422,10 @@ __device__ void finalize_teacher(const LaunchArgs& a, int i, double* shared, dou
   __syncthreads();  // `var_sum` is read above before the next teacher writes it
 }
 
-__global__ void __launch_bounds__(kThreads) fuse_kernel(LaunchArgs a) {
+__global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
   extern __shared__ float H[];
   __shared__ double shared[kWarps];
+  __shared__ Partials partials;
   __shared__ double var_sum;
   __shared__ bool last;
   const Unit u = a.units[blockIdx.x];
@@ -408,21 +449,24 @@ __global__ void __launch_bounds__(kThreads) fuse_kernel(LaunchArgs a) {
       }
       if (a.write) store_any(a.out, a.out_dtype, t.out_offset + e, standardise(v, a.mean[ch], a.scale[ch]));
     }
+    if (acc) __threadfence();  // for the last block, as commit() does
   } else if (a.write || acc) {
     if (t.dtype == kF16) {
-      spatial_unit_in<__half>(a, t, u, acc, H, shared);
+      spatial_unit_in<__half>(a, t, u, acc, H, partials);
     } else if (t.dtype == kBF16) {
-      spatial_unit_in<__nv_bfloat16>(a, t, u, acc, H, shared);
+      spatial_unit_in<__nv_bfloat16>(a, t, u, acc, H, partials);
     } else {
-      spatial_unit_in<float>(a, t, u, acc, H, shared);
+      spatial_unit_in<float>(a, t, u, acc, H, partials);
     }
   }
   if (!a.accumulate) return;  // uniform over the launch
-  // The last block to get here folds every accumulator: the others' atomics are visible to it
-  // once they have fenced before counting themselves done.
-  __threadfence();
+  // The last block to get here folds every accumulator: the others' sums are visible to it, as
+  // the threads that wrote them fenced before their block counted itself done.
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(a.done, 1u) == gridDim.x - 1;
+  }
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -463,17 +507,20 @@ struct FusionGpu::Device {
 
 namespace {
 
-std::int64_t unit_elements() {
-  const char* env = std::getenv("DIRECTPORT_FUSION_UNIT");
-  if (!env || !*env) return kUnitElements;
+// An integer from the environment, or `fallback` where unset; out of [lo, hi] is an error.
+std::int64_t env_int(const char* name, std::int64_t fallback, std::int64_t lo, std::int64_t hi) {
+  const char* env = std::getenv(name);
+  if (!env || !*env) return fallback;
   char* end = nullptr;
   const long long v = std::strtoll(env, &end, 10);
-  if (*end != '\0' || v < 256 || v > (1 << 24)) {
-    throw ValidationError(std::string("DIRECTPORT_FUSION_UNIT must be a number of elements from 256 to 16777216, got '") +
-                          env + "'");
+  if (*end != '\0' || v < lo || v > hi) {
+    throw ValidationError(std::string(name) + " must be a number from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                          ", got '" + env + "'");
   }
   return v;
 }
+std::int64_t unit_elements() { return env_int("DIRECTPORT_FUSION_UNIT", kUnitElements, 256, std::int64_t(1) << 24); }
+int unit_group() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
 
 // The launch's grid has one block a unit.
 constexpr std::int64_t kMaxUnits = std::numeric_limits<std::int32_t>::max();
@@ -500,6 +547,7 @@ FusionGpu::FusionGpu(FusionLayout layout)
   auto& D = *dev_;
   const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
   const std::int64_t target = unit_elements();
+  const int group = unit_group();
   std::vector<TeacherDesc> desc;
   std::vector<Unit> units;
   std::vector<Tap32> taps;
@@ -517,7 +565,7 @@ FusionGpu::FusionGpu(FusionLayout layout)
       d.mode = kVector;
       d.h = d.w = 1;
       for (std::int64_t e = 0; e < d.channels; e += target) {
-        units.push_back({ti, 0, static_cast<std::uint32_t>(e), static_cast<std::uint32_t>(std::min(target, d.channels - e)), 0, 0, 0, 0});
+        units.push_back({ti, 0, 1, static_cast<std::uint32_t>(e), static_cast<std::uint32_t>(std::min(target, d.channels - e)), 0, 0, 0, 0});
       }
       desc.push_back(d);
       continue;
@@ -528,15 +576,19 @@ FusionGpu::FusionGpu(FusionLayout layout)
     // Pairs: two adjacent elements share a row and an alignment of two in the input (copy) and
     // the output, whichever channel and row (the pointers themselves are checked per frame).
     d.pairs = L.offset(i) % 2 == 0 && plane % 2 == 0 && (d.mode == kCopy || Wg % 2 == 0);
+    int g = std::min(group, d.channels);  // channels a unit
+    auto push = [&](std::int64_t c, std::int64_t y0, std::int64_t rows, std::int64_t x0, std::int64_t cols,
+                    std::int64_t rbase, std::int64_t nrows) {
+      units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(std::min<std::int64_t>(g, d.channels - c)),
+                       static_cast<std::uint32_t>(y0), static_cast<std::uint32_t>(rows), static_cast<std::uint32_t>(x0),
+                       static_cast<std::uint32_t>(cols), static_cast<std::uint32_t>(rbase), static_cast<std::uint32_t>(nrows)});
+    };
     if (d.mode == kCopy) {
-      const std::int64_t n = std::max<std::int64_t>(2, target / 2 * 2);
-      const std::int64_t count = d.channels * ((plane + n - 1) / n);
+      const std::int64_t n = std::max<std::int64_t>(2, target / g / 2 * 2);
+      const std::int64_t count = (d.channels + g - 1) / g * ((plane + n - 1) / n);
       if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count));
-      for (std::int64_t c = 0; c < d.channels; ++c) {
-        for (std::int64_t e = 0; e < plane; e += n) {
-          units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(e),
-                           static_cast<std::uint32_t>(std::min(n, plane - e)), 0, 0, 0, 0});
-        }
+      for (std::int64_t c = 0; c < d.channels; c += g) {
+        for (std::int64_t e = 0; e < plane; e += n) push(c, e, std::min(n, plane - e), 0, 0, 0, 0);
       }
       desc.push_back(d);
       continue;
@@ -557,19 +609,18 @@ FusionGpu::FusionGpu(FusionLayout layout)
       for (std::int64_t y0 = 0; y0 < Hg; y0 += rows) m = std::max(m, span(y0, std::min(rows, Hg - y0)));
       return m;
     };
-    std::int64_t rows = std::clamp<std::int64_t>(target / cols, 1, Hg);
-    while (rows > 1 && widest(rows) * cols * 4 > kBandBytes) rows = rows > 8 ? rows * 3 / 4 : rows - 1;
-    shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(widest(rows) * cols * 4));
-    const std::int64_t count = d.channels * ((Hg + rows - 1) / rows) * ((Wg + cols - 1) / cols);
+    // (Two rows of kMaxCols fit for one channel: the loops end.)
+    std::int64_t rows = std::clamp<std::int64_t>(target / (g * cols), 1, Hg);
+    auto bytes = [&] { return g * widest(rows) * cols * 4; };
+    while (rows > 1 && bytes() > kBandBytes) rows = rows > 8 ? rows * 3 / 4 : rows - 1;
+    while (g > 1 && bytes() > kBandBytes) --g;
+    shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(bytes()));
+    const std::int64_t count = (d.channels + g - 1) / g * ((Hg + rows - 1) / rows) * ((Wg + cols - 1) / cols);
     if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count));
-    for (std::int64_t c = 0; c < d.channels; ++c) {
+    for (std::int64_t c = 0; c < d.channels; c += g) {
       for (std::int64_t y0 = 0; y0 < Hg; y0 += rows) {
         const std::int64_t r = std::min(rows, Hg - y0);
-        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) {
-          units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(y0), static_cast<std::uint32_t>(r),
-                           static_cast<std::uint32_t>(x0), static_cast<std::uint32_t>(std::min(cols, Wg - x0)),
-                           rt[y0].i0, static_cast<std::uint32_t>(span(y0, r))});
-        }
+        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, span(y0, r));
       }
     }
     desc.push_back(d);
