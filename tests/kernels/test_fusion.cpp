@@ -556,15 +556,18 @@ TEST_F(GpuFusion, EveryDtypeOddSizesUpAndDownSamplingMatchTheCpu) {
 
 // The kernel's work units: bands of output rows with their input rows in shared memory, split
 // into column chunks on a grid wider than 2 048, made small (DIRECTPORT_FUSION_UNIT) so that a
-// channel is many bands; a map resampled on one axis only; a strong downsampling (a band's input
+// channel is many bands, of 1, 3 (a last group of fewer) and 8 channels (DIRECTPORT_FUSION_GROUP); a map resampled on one axis only; a strong downsampling (a band's input
 // rows then span more than its output rows); pointers that forbid paired loads and stores.
 TEST_F(GpuFusion, BandsChunksAndUnalignedPointersMatchTheCpu) {
 #if DIRECTPORT_HAS_CUDA
   const std::uint64_t seed = test::test_seed();
-  for (const char* unit : {"256", "8192"}) {
+  const std::pair<const char*, const char*> units[] = {{"256", "1"}, {"8192", "3"}, {"65536", "8"}};
+  for (const auto& [unit, group] : units) {
     ::setenv("DIRECTPORT_FUSION_UNIT", unit, 1);
+    ::setenv("DIRECTPORT_FUSION_GROUP", group, 1);
     for (bool misalign : {false, true}) {
-      SCOPED_TRACE(std::string("DIRECTPORT_FUSION_UNIT=") + unit + (misalign ? ", misaligned pointers" : ""));
+      SCOPED_TRACE(std::string("DIRECTPORT_FUSION_UNIT=") + unit + ", DIRECTPORT_FUSION_GROUP=" + group +
+                   (misalign ? ", misaligned pointers" : ""));
       FusionLayout wide({map("up", DType::f16, 2, 3, 1000), map("same", DType::bf16, 3, 6, 2100),
                          map("rows", DType::f32, 2, 6, 700), map("cols", DType::f32, 2, 2, 2100)},
                         6, 2100, DType::bf16, 0.1);
@@ -579,6 +582,7 @@ TEST_F(GpuFusion, BandsChunksAndUnalignedPointersMatchTheCpu) {
     }
   }
   ::unsetenv("DIRECTPORT_FUSION_UNIT");
+  ::unsetenv("DIRECTPORT_FUSION_GROUP");
 #endif
 }
 
