@@ -43,9 +43,11 @@ constexpr std::int64_t kMaxCols = 2048;
 constexpr std::int64_t kBandBytes = 32 * 1024;
 // Output elements a unit aims at, over its channels, and channels a unit takes at most
 // (DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP override them, for measuring).
-constexpr std::int64_t kUnitElements = 32768;
-constexpr int kGroup = 4;
+constexpr std::int64_t kUnitElements = 16384;
+constexpr int kGroup = 2;
 constexpr int kMaxGroup = 8;
+// A band has at most this many output rows (their taps are staged in shared memory).
+constexpr int kMaxRows = 256;
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 enum : int { kCopy = 0, kBand = 1, kVector = 2 };
@@ -94,7 +96,9 @@ struct LaunchArgs {
   const Tap32* taps;
   double *m1, *m2, *acc1, *acc2;
   float *mean, *scale;
-  unsigned* done;  // blocks finished; the last one folds the statistics and resets it
+  unsigned unit_count;
+  unsigned* next;  // the next unit to take (blocks take units in turn until none is left)
+  unsigned* done;  // blocks finished; the last one folds the statistics and resets both counters
   double momentum, eps;
 };
 
@@ -260,12 +264,23 @@ __device__ __forceinline__ void copy_channel(const LaunchArgs& a, const Unit& u,
   }
 }
 
+// An output row of a band: where its two rows of H start, and their weights.
+struct RowRef {
+  std::uint32_t a, b;
+  float l0, l1;
+};
+
 // band, step 1: H[g][r][x], input row u.rbase + r of channel u.c + g interpolated horizontally
-// at the band's column x, for every channel of the unit.
+// at the band's column x, for every channel of the unit; and the band's rows as RowRefs.
 template <typename TI>
-__device__ __forceinline__ void band_rows(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, float* H) {
+__device__ __forceinline__ void band_rows(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, float* H, RowRef* refs) {
   const Tap32* ct = a.taps + t.col_taps + u.x0;
+  const Tap32* rt = a.taps + t.row_taps + u.y0;
   const std::uint32_t cols = u.cols;
+  for (std::uint32_t y = threadIdx.x; y < u.rows; y += kThreads) {
+    const Tap32 ty = rt[y];
+    refs[y] = {(ty.i0 - u.rbase) * cols, (ty.i1 - u.rbase) * cols, ty.l0, ty.l1};
+  }
   const std::uint64_t in_plane = std::uint64_t(t.h) * t.w;
   for (std::uint32_t x = threadIdx.x; x < cols; x += kThreads) {
     const Tap32 tx = ct[x];
@@ -288,7 +303,7 @@ __device__ __forceinline__ void band_rows(const LaunchArgs& a, const TeacherDesc
 // by side.
 template <typename TI, typename TO>
 __device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, std::uint32_t c,
-                                             Emit<TO>& e, bool pairs, const float* H) {
+                                             Emit<TO>& e, bool pairs, const float* H, const RowRef* refs) {
   const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(c) * t.h * t.w;
   const Tap32* ct = a.taps + t.col_taps + u.x0;
   const Tap32* rt = a.taps + t.row_taps + u.y0;
@@ -302,16 +317,16 @@ __device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherD
   for (std::uint32_t x = lane_x * step; x < cols; x += per_row * step) {
 #pragma unroll 2
     for (std::uint32_t y = lane_y; y < u.rows; y += rows_at_once) {
-      const Tap32 ty = rt[y];
-      const float* ha = H + (ty.i0 - u.rbase) * cols + x;
-      const float* hb = H + (ty.i1 - u.rbase) * cols + x;
+      const RowRef ty = refs[y];
+      const float* ha = H + ty.a + x;
+      const float* hb = H + ty.b + x;
       const std::uint64_t o = y * out_w + x;
       if (pairs) {
         const float2 A = *reinterpret_cast<const float2*>(ha), B = *reinterpret_cast<const float2*>(hb);
         float v0 = f_add(f_mul(ty.l0, A.x), f_mul(ty.l1, B.x));
         float v1 = f_add(f_mul(ty.l0, A.y), f_mul(ty.l1, B.y));
         if (ty.l1 == 0.0f) {  // an output row on an input row: where the column is too, the sample itself
-          const TI* row = src + std::uint64_t(ty.i0) * t.w;
+          const TI* row = src + std::uint64_t(rt[y].i0) * t.w;
           const Tap32 c0 = ct[x], c1 = ct[x + 1];
           if (c0.l1 == 0.0f) v0 = ld(row + c0.i0);
           if (c1.l1 == 0.0f) v1 = ld(row + c1.i0);
@@ -321,7 +336,7 @@ __device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherD
         float v = f_add(f_mul(ty.l0, ha[0]), f_mul(ty.l1, hb[0]));
         if (ty.l1 == 0.0f) {
           const Tap32 c0 = ct[x];
-          if (c0.l1 == 0.0f) v = ld(src + std::uint64_t(ty.i0) * t.w + c0.i0);
+          if (c0.l1 == 0.0f) v = ld(src + std::uint64_t(rt[y].i0) * t.w + c0.i0);
         }
         e.one(o, v);
       }
@@ -331,10 +346,10 @@ __device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherD
 
 template <typename TI, typename TO>
 __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
-                                             float* H, Partials& partials) {
+                                             float* H, RowRef* refs, Partials& partials) {
   const bool pairs = t.pairs && ((a.paired >> u.teacher) & 1u);
   if (t.mode == kBand) {
-    band_rows<TI>(a, t, u, H);
+    band_rows<TI>(a, t, u, H, refs);
     __syncthreads();
   }
   for (std::uint32_t g = 0; g < u.nc; ++g) {
@@ -350,7 +365,7 @@ __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherD
       copy_channel<TI, TO>(a, u, c, e, pairs);
     } else {
       e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
-      band_channel<TI, TO>(a, t, u, c, e, pairs, H + g * u.nrows * u.cols);
+      band_channel<TI, TO>(a, t, u, c, e, pairs, H + g * u.nrows * u.cols, refs);
     }
     if (acc) warp_partial(e.sums, static_cast<int>(g), partials);  // uniform over the block
   }
@@ -359,13 +374,13 @@ __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherD
 
 template <typename TI>
 __device__ __forceinline__ void spatial_unit_in(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
-                                                float* H, Partials& partials) {
+                                                float* H, RowRef* refs, Partials& partials) {
   if (a.out_dtype == kF16) {
-    spatial_unit<TI, __half>(a, t, u, acc, H, partials);
+    spatial_unit<TI, __half>(a, t, u, acc, H, refs, partials);
   } else if (a.out_dtype == kBF16) {
-    spatial_unit<TI, __nv_bfloat16>(a, t, u, acc, H, partials);
+    spatial_unit<TI, __nv_bfloat16>(a, t, u, acc, H, refs, partials);
   } else {
-    spatial_unit<TI, float>(a, t, u, acc, H, partials);
+    spatial_unit<TI, float>(a, t, u, acc, H, refs, partials);
   }
 }
 
@@ -422,20 +437,11 @@ __device__ void finalize_teacher(const LaunchArgs& a, int i, double* shared, dou
   __syncthreads();  // `var_sum` is read above before the next teacher writes it
 }
 
-__global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
-  extern __shared__ float H[];
-  __shared__ double shared[kWarps];
-  __shared__ Partials partials;
-  __shared__ double var_sum;
-  __shared__ bool last;
-  const Unit u = a.units[blockIdx.x];
+// One unit: its part of the fused tensor and its sums.
+__device__ __forceinline__ void run_unit(const LaunchArgs& a, const Unit& u, float* H, RowRef* refs, Partials& partials) {
   const TeacherDesc t = a.desc[u.teacher];
   const bool present = (a.present >> u.teacher) & 1u;
   const bool acc = (a.accumulate >> u.teacher) & 1u;
-
-  if (a.write && blockIdx.x == 0 && threadIdx.x < a.teachers) {
-    store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
-  }
   if (!present) {  // uniform over the block, as everything below that branches on the unit
     if (a.write) zero_unit(a, t, u);
   } else if (t.mode == kVector) {
@@ -452,17 +458,40 @@ __global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
     if (acc) __threadfence();  // for the last block, as commit() does
   } else if (a.write || acc) {
     if (t.dtype == kF16) {
-      spatial_unit_in<__half>(a, t, u, acc, H, partials);
+      spatial_unit_in<__half>(a, t, u, acc, H, refs, partials);
     } else if (t.dtype == kBF16) {
-      spatial_unit_in<__nv_bfloat16>(a, t, u, acc, H, partials);
+      spatial_unit_in<__nv_bfloat16>(a, t, u, acc, H, refs, partials);
     } else {
-      spatial_unit_in<float>(a, t, u, acc, H, partials);
+      spatial_unit_in<float>(a, t, u, acc, H, refs, partials);
     }
   }
-  if (!a.accumulate) return;  // uniform over the launch
-  // The last block to get here folds every accumulator: the others' sums are visible to it, as
-  // the threads that wrote them fenced before their block counted itself done.
-  __syncthreads();
+}
+
+// As many blocks as the card holds at once; each takes units in turn (the largest first, as the
+// host ordered them) until none is left, so that no block is the launch's long tail.
+__global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
+  extern __shared__ float H[];
+  __shared__ RowRef refs[kMaxRows];
+  __shared__ double shared[kWarps];
+  __shared__ Partials partials;
+  __shared__ double var_sum;
+  __shared__ unsigned taken;
+  __shared__ bool last;
+
+  if (a.write && blockIdx.x == 0 && threadIdx.x < a.teachers) {
+    store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
+  }
+  for (;;) {
+    __syncthreads();  // the previous unit is done with the shared memory
+    if (threadIdx.x == 0) taken = atomicAdd(a.next, 1u);
+    __syncthreads();
+    const unsigned k = taken;
+    if (k >= a.unit_count) break;
+    run_unit(a, a.units[k], H, refs, partials);
+  }
+  // The last block to get here resets the counters and folds every accumulator: the others'
+  // sums are visible to it, as the threads that wrote them fenced before their block counted
+  // itself done.
   if (threadIdx.x == 0) {
     __threadfence();
     last = atomicAdd(a.done, 1u) == gridDim.x - 1;
@@ -470,10 +499,15 @@ __global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  for (int i = 0; i < a.teachers; ++i) {
-    if ((a.accumulate >> i) & 1u) finalize_teacher(a, i, shared, &var_sum);
+  if (a.accumulate) {
+    for (int i = 0; i < a.teachers; ++i) {
+      if ((a.accumulate >> i) & 1u) finalize_teacher(a, i, shared, &var_sum);
+    }
   }
-  if (threadIdx.x == 0) *a.done = 0;
+  if (threadIdx.x == 0) {
+    *a.next = 0;
+    *a.done = 0;
+  }
 }
 
 }  // namespace
@@ -484,8 +518,9 @@ struct FusionGpu::Device {
   Tap32* taps = nullptr;
   double* stats = nullptr;  // m1, m2, acc1, acc2: total_channels each
   float* norm = nullptr;    // mean, scale
-  unsigned* done = nullptr;
+  unsigned* counters = nullptr;  // next, done
   unsigned unit_count = 0;
+  unsigned blocks = 0;
   std::size_t shared_bytes = 0;
   std::size_t channels = 0;
   std::vector<int> pairs;  // per teacher: TeacherDesc::pairs
@@ -495,7 +530,7 @@ struct FusionGpu::Device {
     cudaFree(taps);
     cudaFree(stats);
     cudaFree(norm);
-    cudaFree(done);
+    cudaFree(counters);
   }
   double* m1() const { return stats; }
   double* m2() const { return stats + channels; }
@@ -610,7 +645,7 @@ FusionGpu::FusionGpu(FusionLayout layout)
       return m;
     };
     // (Two rows of kMaxCols fit for one channel: the loops end.)
-    std::int64_t rows = std::clamp<std::int64_t>(target / (g * cols), 1, Hg);
+    std::int64_t rows = std::clamp<std::int64_t>(target / (g * cols), 1, std::min<std::int64_t>(Hg, kMaxRows));
     auto bytes = [&] { return g * widest(rows) * cols * 4; };
     while (rows > 1 && bytes() > kBandBytes) rows = rows > 8 ? rows * 3 / 4 : rows - 1;
     while (g > 1 && bytes() > kBandBytes) --g;
@@ -625,7 +660,24 @@ FusionGpu::FusionGpu(FusionLayout layout)
     }
     desc.push_back(d);
   }
+  // The largest units first (output plus horizontal rows), so that the last ones taken are small.
+  auto cost = [](const Unit& u) {
+    return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
+  };
+  std::stable_sort(units.begin(), units.end(), [&](const Unit& x, const Unit& y) { return cost(x) > cost(y); });
   D.unit_count = static_cast<unsigned>(units.size());
+  if (shared_bytes > 48 * 1024) {
+    DP_CUDA_CHECK(cudaFuncSetAttribute(fuse_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared_bytes)));
+  }
+  int per_sm = 0, device = 0, sms = 0;
+  DP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fuse_kernel, kThreads, shared_bytes));
+  DP_CUDA_CHECK(cudaGetDevice(&device));
+  DP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (per_sm < 1) {
+    throw CudaError("the fusion kernel does not fit on an SM of this device (" + std::to_string(shared_bytes) +
+                    " bytes of shared memory a block)");
+  }
+  D.blocks = static_cast<unsigned>(std::min<std::int64_t>(std::int64_t(per_sm) * sms, std::int64_t(units.size())));
   D.shared_bytes = shared_bytes;
   D.channels = L.total_channels();
   for (const auto& d : desc) D.pairs.push_back(d.pairs);
@@ -634,12 +686,12 @@ FusionGpu::FusionGpu(FusionLayout layout)
   DP_CUDA_CHECK(cudaMalloc(&D.taps, std::max<std::size_t>(1, taps.size()) * sizeof(Tap32)));
   DP_CUDA_CHECK(cudaMalloc(&D.stats, 4 * D.channels * sizeof(double)));
   DP_CUDA_CHECK(cudaMalloc(&D.norm, 2 * D.channels * sizeof(float)));
-  DP_CUDA_CHECK(cudaMalloc(&D.done, sizeof(unsigned)));
+  DP_CUDA_CHECK(cudaMalloc(&D.counters, 2 * sizeof(unsigned)));
   DP_CUDA_CHECK(cudaMemcpy(D.desc, desc.data(), desc.size() * sizeof(TeacherDesc), cudaMemcpyHostToDevice));
   DP_CUDA_CHECK(cudaMemcpy(D.units, units.data(), units.size() * sizeof(Unit), cudaMemcpyHostToDevice));
   if (!taps.empty()) DP_CUDA_CHECK(cudaMemcpy(D.taps, taps.data(), taps.size() * sizeof(Tap32), cudaMemcpyHostToDevice));
   DP_CUDA_CHECK(cudaMemset(D.stats, 0, 4 * D.channels * sizeof(double)));
-  DP_CUDA_CHECK(cudaMemset(D.done, 0, sizeof(unsigned)));
+  DP_CUDA_CHECK(cudaMemset(D.counters, 0, 2 * sizeof(unsigned)));
   std::vector<float> norm(2 * D.channels, 0.0f);
   std::fill(norm.begin() + static_cast<std::ptrdiff_t>(D.channels), norm.end(), 1.0f);
   DP_CUDA_CHECK(cudaMemcpy(D.norm, norm.data(), norm.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -685,10 +737,12 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   a.acc2 = D.acc2();
   a.mean = D.mean();
   a.scale = D.scale();
-  a.done = D.done;
+  a.unit_count = D.unit_count;
+  a.next = D.counters;
+  a.done = D.counters + 1;
   a.momentum = L.momentum();
   a.eps = L.eps();
-  const dim3 grid(D.unit_count);
+  const dim3 grid(D.blocks);
   if (first) {
     // A teacher's first frame: its statistics first, so that it is standardised with them.
     a.write = 0;
