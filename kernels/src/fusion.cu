@@ -177,20 +177,6 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;  // valid in lane 0
 }
 
-__device__ __forceinline__ double block_sum(double v, double* shared) {
-  v = warp_sum(v);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  __syncthreads();  // `shared` may still be read from a previous call
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  v = 0.0;
-  if (warp == 0) {
-    v = lane < (blockDim.x >> 5) ? shared[lane] : 0.0;
-    v = warp_sum(v);
-  }
-  return v;  // valid in thread 0
-}
-
 // A thread's running sums of its values (float64: v * v of a float is exact in a double, so the
 // fused multiply-add rounds once, as the reference's multiply and add do).
 struct Sums {
@@ -402,39 +388,68 @@ __device__ __forceinline__ void zero_unit(const LaunchArgs& a, const TeacherDesc
 
 // ------------------------------------------------------------------ the statistics
 
-// Teacher i's accumulators into its running statistics and (mean, scale): by one block.
-__device__ void finalize_teacher(const LaunchArgs& a, int i, double* shared, double* var_sum) {
-  const TeacherDesc t = a.desc[i];
-  const bool first = (a.first >> i) & 1u;
-  const double n = t.mode == kVector ? 1.0 : static_cast<double>(a.plane);
-  double local = 0.0;
-  for (int c = threadIdx.x; c < t.channels; c += blockDim.x) {
-    const unsigned k = t.chan_base + c;
+// Every accumulating teacher's accumulators into its running statistics and (mean, scale), by
+// one block (the launch's last) over all their channels at once: the statistics, then each
+// isotropic teacher's variance sum (a warp a teacher, in a fixed order), then (mean, scale).
+struct FinalScratch {
+  unsigned end[FusionLayout::kMaxTeachers];  // a teacher's channels end here in the statistics arrays
+  double var_sum[FusionLayout::kMaxTeachers];
+};
+
+__device__ __forceinline__ int teacher_of(const FinalScratch& f, int teachers, unsigned k) {
+  int i = 0;
+  while (i < teachers - 1 && k >= f.end[i]) ++i;
+  return i;
+}
+
+__device__ void finalize(const LaunchArgs& a, FinalScratch& f) {
+  if (threadIdx.x < a.teachers) {
+    const TeacherDesc t = a.desc[threadIdx.x];
+    f.end[threadIdx.x] = t.chan_base + t.channels;
+  }
+  __syncthreads();
+  const unsigned total = f.end[a.teachers - 1];
+  for (unsigned k = threadIdx.x; k < total; k += kThreads) {
+    const int i = teacher_of(f, a.teachers, k);
+    if (!((a.accumulate >> i) & 1u)) continue;
+    const bool first = (a.first >> i) & 1u;
+    const double n = a.desc[i].mode == kVector ? 1.0 : static_cast<double>(a.plane);
     const double e1 = __ldcg(a.acc1 + k) / n, e2 = __ldcg(a.acc2 + k) / n;
     a.acc1[k] = 0.0;
     a.acc2[k] = 0.0;
-    const double m1 = first ? e1 : ema(a.m1[k], e1, a.momentum);
-    const double m2 = first ? e2 : ema(a.m2[k], e2, a.momentum);
-    a.m1[k] = m1;
-    a.m2[k] = m2;
-    local += fmax(d_sub(m2, d_mul(m1, m1)), 0.0);
+    a.m1[k] = first ? e1 : ema(a.m1[k], e1, a.momentum);
+    a.m2[k] = first ? e2 : ema(a.m2[k], e2, a.momentum);
   }
-  local = block_sum(local, shared);
-  if (threadIdx.x == 0) *var_sum = local;
+  __syncthreads();  // the block's own global writes are visible to it after the barrier
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  for (int i = warp; i < a.teachers; i += kWarps) {
+    if (!((a.accumulate >> i) & 1u) || a.desc[i].norm != static_cast<int>(NormMode::isotropic)) continue;
+    const unsigned begin = i ? f.end[i - 1] : 0;
+    double local = 0.0;
+    for (unsigned k = begin + lane; k < f.end[i]; k += 32) {
+      const double m1 = a.m1[k];
+      local += fmax(d_sub(a.m2[k], d_mul(m1, m1)), 0.0);
+    }
+    local = warp_sum(local);
+    if (lane == 0) f.var_sum[i] = local;
+  }
   __syncthreads();
-  for (int c = threadIdx.x; c < t.channels; c += blockDim.x) {
-    const unsigned k = t.chan_base + c;
-    if (t.norm == static_cast<int>(NormMode::none)) {
+  for (unsigned k = threadIdx.x; k < total; k += kThreads) {
+    const int i = teacher_of(f, a.teachers, k);
+    if (!((a.accumulate >> i) & 1u)) continue;
+    const int norm = a.desc[i].norm;
+    if (norm == static_cast<int>(NormMode::none)) {
       a.mean[k] = 0.0f;
       a.scale[k] = 1.0f;
       continue;
     }
     const double m1 = a.m1[k];
-    const double v = t.norm == static_cast<int>(NormMode::channel) ? fmax(d_sub(a.m2[k], d_mul(m1, m1)), 0.0) : *var_sum / static_cast<double>(t.channels);
+    const double v = norm == static_cast<int>(NormMode::channel)
+                         ? fmax(d_sub(a.m2[k], d_mul(m1, m1)), 0.0)
+                         : f.var_sum[i] / static_cast<double>(a.desc[i].channels);
     a.mean[k] = static_cast<float>(m1);
     a.scale[k] = static_cast<float>(1.0 / sqrt(d_add(v, a.eps)));
   }
-  __syncthreads();  // `var_sum` is read above before the next teacher writes it
 }
 
 // One unit: its part of the fused tensor and its sums.
@@ -472,9 +487,8 @@ __device__ __forceinline__ void run_unit(const LaunchArgs& a, const Unit& u, flo
 __global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
   extern __shared__ float H[];
   __shared__ RowRef refs[kMaxRows];
-  __shared__ double shared[kWarps];
   __shared__ Partials partials;
-  __shared__ double var_sum;
+  __shared__ FinalScratch final_scratch;
   __shared__ unsigned taken;
   __shared__ bool last;
 
@@ -499,11 +513,7 @@ __global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
   __syncthreads();
   if (!last) return;
   __threadfence();
-  if (a.accumulate) {
-    for (int i = 0; i < a.teachers; ++i) {
-      if ((a.accumulate >> i) & 1u) finalize_teacher(a, i, shared, &var_sum);
-    }
-  }
+  if (a.accumulate) finalize(a, final_scratch);
   if (threadIdx.x == 0) {
     *a.next = 0;
     *a.done = 0;
