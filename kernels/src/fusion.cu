@@ -43,8 +43,8 @@ constexpr std::int64_t kMaxCols = 2048;
 constexpr std::int64_t kBandBytes = 32 * 1024;
 // Output elements a unit aims at, over its channels, and channels a unit takes at most
 // (DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP override them, for measuring).
-constexpr std::int64_t kUnitElements = 16384;
-constexpr int kGroup = 2;
+constexpr std::int64_t kUnitElements = 8192;
+constexpr int kGroup = 1;
 constexpr int kMaxGroup = 8;
 // A band has at most this many output rows (their taps are staged in shared memory).
 constexpr int kMaxRows = 256;
