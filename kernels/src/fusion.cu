@@ -113,24 +113,25 @@ __device__ __forceinline__ float ld<__half>(const __half* p) { return __half2flo
 template <>
 __device__ __forceinline__ float ld<__nv_bfloat16>(const __nv_bfloat16* p) { return __bfloat162float(__ldg(p)); }
 
+// The 4 aligned bytes at p as a pair of 16-bit floats.
+template <typename Pair>
+__device__ __forceinline__ Pair ld_pair16(const void* p) {
+  const unsigned u = __ldg(static_cast<const unsigned*>(p));
+  Pair h;
+  std::memcpy(&h, &u, sizeof u);
+  return h;
+}
+
 // Two adjacent elements (p aligned to two of them).
 template <typename T>
 __device__ __forceinline__ float2 ld2(const T* p);
 template <>
 __device__ __forceinline__ float2 ld2<float>(const float* p) { return __ldg(reinterpret_cast<const float2*>(p)); }
 template <>
-__device__ __forceinline__ float2 ld2<__half>(const __half* p) {
-  const unsigned u = __ldg(reinterpret_cast<const unsigned*>(p));
-  __half2 h;
-  std::memcpy(&h, &u, sizeof u);
-  return __half22float2(h);
-}
+__device__ __forceinline__ float2 ld2<__half>(const __half* p) { return __half22float2(ld_pair16<__half2>(p)); }
 template <>
 __device__ __forceinline__ float2 ld2<__nv_bfloat16>(const __nv_bfloat16* p) {
-  const unsigned u = __ldg(reinterpret_cast<const unsigned*>(p));
-  __nv_bfloat162 h;
-  std::memcpy(&h, &u, sizeof u);
-  return __bfloat1622float2(h);
+  return __bfloat1622float2(ld_pair16<__nv_bfloat162>(p));
 }
 
 template <typename T>
