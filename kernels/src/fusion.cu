@@ -223,11 +223,11 @@ struct Emit {
   float mean, scale;
   bool write, acc;
   Sums sums;
-  __device__ __forceinline__ void one(std::uint64_t i, float v) {
+  __device__ __forceinline__ void one(std::uint32_t i, float v) {
     if (write) st(dst + i, standardise(v, mean, scale));
     if (acc) sums.add(v);
   }
-  __device__ __forceinline__ void two(std::uint64_t i, float v0, float v1) {
+  __device__ __forceinline__ void two(std::uint32_t i, float v0, float v1) {
     if (write) st2(dst + i, standardise(v0, mean, scale), standardise(v1, mean, scale));
     if (acc) {
       sums.add(v0);
@@ -300,14 +300,14 @@ __device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherD
   const std::uint32_t rows_at_once = kThreads / per_row;
   const std::uint32_t lane_x = threadIdx.x % per_row, lane_y = threadIdx.x / per_row;
   if (lane_y >= rows_at_once) return;
-  const std::uint64_t out_w = a.grid_w;
+  const std::uint32_t out_w = a.grid_w;
   for (std::uint32_t x = lane_x * step; x < cols; x += per_row * step) {
 #pragma unroll 2
     for (std::uint32_t y = lane_y; y < u.rows; y += rows_at_once) {
       const RowRef ty = refs[y];
       const float* ha = H + ty.a + x;
       const float* hb = H + ty.b + x;
-      const std::uint64_t o = y * out_w + x;
+      const std::uint32_t o = y * out_w + x;  // within the plane: below 2^31
       if (pairs) {
         const float2 A = *reinterpret_cast<const float2*>(ha), B = *reinterpret_cast<const float2*>(hb);
         float v0 = f_add(f_mul(ty.l0, A.x), f_mul(ty.l1, B.x));
@@ -502,7 +502,8 @@ __global__ void __launch_bounds__(kThreads, 5) fuse_kernel(LaunchArgs a) {
     __syncthreads();
     const unsigned k = taken;
     if (k >= a.unit_count) break;
-    run_unit(a, a.units[k], H, refs, partials);
+    const Unit u = a.units[k];  // in registers: the output's stores cannot alias it
+    run_unit(a, u, H, refs, partials);
   }
   // The last block to get here resets the counters and folds every accumulator: the others'
   // sums are visible to it, as the threads that wrote them fenced before their block counted
