@@ -1,11 +1,13 @@
 // The CUDA fusion kernel (fusion.hpp, docs/FUSION.md "kernel 5"). One launch writes the whole
 // fused tensor and, in its last block, folds the frame's moments into the running statistics.
 //
-// The launch is a list of work units, one block each, built once per layout:
-//   - copy: a range of one channel plane of a spatial teacher that has the grid's size (no
+// The work is a list of units, built once per layout; the launch has as many blocks as the card
+// holds at once, and each takes units from a counter (the largest first) until none is left:
+//   - copy: a range of the channel planes (one, or up to kMaxGroup: DIRECTPORT_FUSION_GROUP) of
+//     a spatial teacher that has the grid's size (no
 //     resampling: each value is read once, standardised, cast and stored, two at a time where
 //     the alignment allows);
-//   - band: a band of output rows (and at most kMaxCols columns) of one channel of a resampled
+//   - band: a band of output rows (and at most kMaxCols columns) of the channels of a resampled
 //     teacher. The block first interpolates horizontally every input row the band needs into
 //     shared memory (H[r][x], exactly bilinear()'s `top`/`bottom`), then every output value is
 //     the vertical interpolation of two of those rows: for a map upsampled 14x, one horizontal
@@ -14,7 +16,7 @@
 //   - vector: a range of a global vector teacher (each element its own channel).
 // The bilinear taps of every output row and column of a teacher are computed once, on the host
 // with the CPU reference's code, and read from a table. Statistics: each thread sums its values
-// in float64, the block sums the threads, one atomic per block into the channel's accumulators;
+// in float64, the block sums the threads, one atomic per unit and channel into the accumulators;
 // the last block to finish (a counter) turns the accumulators into the statistics and the
 // (mean, scale) pairs the next frame uses, so that a frame is one launch.
 #include <cuda_bf16.h>
@@ -569,7 +571,8 @@ std::int64_t env_int(const char* name, std::int64_t fallback, std::int64_t lo, s
 std::int64_t unit_elements() { return env_int("DIRECTPORT_FUSION_UNIT", kUnitElements, 256, std::int64_t(1) << 24); }
 int unit_group() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
 
-// The launch's grid has one block a unit.
+// Units are numbered by an unsigned counter and planned in host memory: a bound far above any
+// layout the FusionLayout limits allow at sensible unit sizes.
 constexpr std::int64_t kMaxUnits = std::numeric_limits<std::int32_t>::max();
 [[noreturn]] void too_many(std::size_t units) {
   throw ValidationError("fusion layout makes " + std::to_string(units) + " work units of about " +

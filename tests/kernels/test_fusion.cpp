@@ -470,8 +470,11 @@ double ulp_of(DType t, float v) {
 
 // Random frames through both, teachers missing at random; outputs and statistics compared.
 // `misalign`: every input and the output start one element past an allocation's start, so that
-// the kernel may not load or store two elements at once.
-void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed, bool exact, bool misalign = false) {
+// the kernel may not load or store two elements at once. `negative_zeros`: every 5th input value
+// is -0.0, which only the exact-sample rule of bilinear() passes through unchanged (1 * -0 + 0 * w
+// is +0 for w >= 0).
+void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed, bool exact, bool misalign = false,
+                          bool negative_zeros = false) {
   std::mt19937_64 rng(seed);
   FusionCpu cpu(L);
   kernels::FusionGpu gpu(L);
@@ -496,6 +499,9 @@ void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed,
       if (f > 0 && rng() % 4 == 0) continue;  // missing this frame
       const auto& t = L.inputs()[i];
       auto vals = random_floats(rng, L.input_bytes(i) / dtype_size(t.dtype), -3.0f + float(i), 5.0f + 2.0f * float(i));
+      if (negative_zeros) {
+        for (std::size_t k = 0; k < vals.size(); k += 5) vals[k] = -0.0f;
+      }
       host[i].resize(L.input_bytes(i));
       for (std::size_t k = 0; k < vals.size(); ++k) {
         if (t.dtype == DType::f32) {
@@ -554,35 +560,48 @@ TEST_F(GpuFusion, EveryDtypeOddSizesUpAndDownSamplingMatchTheCpu) {
 #endif
 }
 
+// Sets an environment variable for a scope, and unsets it however the scope ends.
+struct ScopedEnv {
+  const char* name;
+  ScopedEnv(const char* n, const char* value) : name(n) { ::setenv(n, value, 1); }
+  ~ScopedEnv() { ::unsetenv(name); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
+
 // The kernel's work units: bands of output rows with their input rows in shared memory, split
 // into column chunks on a grid wider than 2 048, made small (DIRECTPORT_FUSION_UNIT) so that a
-// channel is many bands, of 1, 3 (a last group of fewer) and 8 channels (DIRECTPORT_FUSION_GROUP); a map resampled on one axis only; a strong downsampling (a band's input
-// rows then span more than its output rows); pointers that forbid paired loads and stores.
+// channel is many bands, of 1, 3 (a last group of fewer) and 8 channels (DIRECTPORT_FUSION_GROUP;
+// a 9-channel teacher makes a full group of 8); a map resampled on one axis only; a strong
+// downsampling (a band's input rows then span more than its output rows); a grid taller than a
+// band's 256 rows; pointers that forbid paired loads and stores; -0.0 inputs where outputs fall
+// on input samples (the clamped first row and column, a 1x1 map), which must come out as -0.0.
 TEST_F(GpuFusion, BandsChunksAndUnalignedPointersMatchTheCpu) {
 #if DIRECTPORT_HAS_CUDA
   const std::uint64_t seed = test::test_seed();
   const std::pair<const char*, const char*> units[] = {{"256", "1"}, {"8192", "3"}, {"65536", "8"}};
   for (const auto& [unit, group] : units) {
-    ::setenv("DIRECTPORT_FUSION_UNIT", unit, 1);
-    ::setenv("DIRECTPORT_FUSION_GROUP", group, 1);
+    ScopedEnv unit_env("DIRECTPORT_FUSION_UNIT", unit), group_env("DIRECTPORT_FUSION_GROUP", group);
     for (bool misalign : {false, true}) {
       SCOPED_TRACE(std::string("DIRECTPORT_FUSION_UNIT=") + unit + ", DIRECTPORT_FUSION_GROUP=" + group +
                    (misalign ? ", misaligned pointers" : ""));
       FusionLayout wide({map("up", DType::f16, 2, 3, 1000), map("same", DType::bf16, 3, 6, 2100),
-                         map("rows", DType::f32, 2, 6, 700), map("cols", DType::f32, 2, 2, 2100)},
+                         map("rows", DType::f32, 2, 6, 700), map("cols", DType::f32, 2, 2, 2100),
+                         map("g8", DType::f16, 9, 3, 2100)},
                         6, 2100, DType::bf16, 0.1);
       compare_gpu_with_cpu(wide, 3, seed, false, misalign);
       FusionLayout down({map("down8", DType::bf16, 3, 256, 96), map("up", DType::f16, 5, 7, 6), map("same", DType::f32, 4, 32, 48),
                          vec("v", DType::f16, 300)},
                         32, 48, DType::f16, 0.1);
       compare_gpu_with_cpu(down, 4, seed + 1, false, misalign);
-      FusionLayout exact({map("up", DType::f32, 3, 16, 12, NormMode::none), map("down", DType::f16, 2, 64, 96, NormMode::none)},
+      FusionLayout tall({map("up", DType::f32, 2, 150, 3), map("same", DType::f16, 1, 300, 4)}, 300, 4, DType::f32, 0.1);
+      compare_gpu_with_cpu(tall, 2, seed + 2, false, misalign);
+      FusionLayout exact({map("up", DType::f32, 3, 16, 12, NormMode::none), map("down", DType::f16, 2, 64, 96, NormMode::none),
+                          map("one", DType::f32, 2, 1, 1, NormMode::none), map("same", DType::bf16, 1, 32, 48, NormMode::none)},
                          32, 48, DType::f32);
-      compare_gpu_with_cpu(exact, 2, seed + 2, true, misalign);
+      compare_gpu_with_cpu(exact, 2, seed + 3, true, misalign, true);
     }
   }
-  ::unsetenv("DIRECTPORT_FUSION_UNIT");
-  ::unsetenv("DIRECTPORT_FUSION_GROUP");
 #endif
 }
 

@@ -124,7 +124,9 @@ class FusionCpu {
 };
 
 // The GPU kernel. Everything is enqueued on the given stream and never synchronised, except
-// stats(), which copies the statistics back.
+// stats(), which copies the statistics back. One FusionGpu serves one stream at a time: its
+// statistics and the counters its launch shares out work with are its own, so two fuse() calls
+// in flight on different streams would corrupt both the statistics and the output.
 class FusionGpu {
  public:
   explicit FusionGpu(FusionLayout layout);  // allocates the device tables and statistics
