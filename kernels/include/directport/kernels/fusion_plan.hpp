@@ -1,0 +1,74 @@
+// How the GPU fusion kernel (kernels/src/fusion.cu, docs/FUSION.md "kernel 5") cuts a layout
+// into work units: host code, built in every configuration so that its invariants are tested
+// without a GPU (tests/kernels/test_fusion_plan.cpp). The structs are what the kernel reads from
+// device memory.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "directport/kernels/fusion.hpp"
+
+namespace dp::kernels::plan {
+
+// A band holds at most this many columns, and its rows of horizontal interpolations at most
+// kBandBytes of shared memory: two rows of kMaxCols always fit, whatever the scale.
+constexpr std::int64_t kMaxCols = 2048;
+constexpr std::int64_t kBandBytes = 32 * 1024;
+// A band has at most this many output rows (their taps are staged in shared memory).
+constexpr int kMaxRows = 256;
+// Output elements a unit aims at, over its channels, and channels a unit takes at most
+// (DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP override them, for measuring).
+constexpr std::int64_t kUnitElements = 8192;
+constexpr int kGroup = 1;
+constexpr int kMaxGroup = 8;
+
+enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+enum : int { kCopy = 0, kBand = 1, kVector = 2 };
+
+int dtype_code(DType t);
+
+// One output index's bilinear taps along an axis (tap() of fusion_math.hpp, in 32 bits).
+struct Tap32 {
+  std::uint32_t i0, i1;
+  float l0, l1;
+};
+
+struct TeacherDesc {
+  int dtype;  // kF32, kF16, kBF16
+  int mode;   // kCopy (the grid's size), kBand (resampled) or kVector
+  int norm;   // NormMode
+  int pairs;  // 1: the layout lets this teacher store (and, copy, load) two adjacent elements at once
+  int channels;
+  std::uint32_t h, w;
+  std::uint32_t row_taps, col_taps;  // band: index of output row 0's and column 0's tap in the table
+  unsigned chan_base;                // first index in the statistics arrays
+  std::uint64_t out_offset;
+};
+
+struct Unit {
+  std::uint32_t teacher, c, nc;  // channels [c, c + nc) (copy, band); a vector: 0, 1
+  std::uint32_t y0, rows;        // band: output rows [y0, y0 + rows); copy, vector: elements [y0, y0 + rows)
+  std::uint32_t x0, cols;        // band: output columns [x0, x0 + cols)
+  std::uint32_t rbase, nrows;    // band: input rows [rbase, rbase + nrows), interpolated into shared memory
+};
+
+struct FusionPlan {
+  std::vector<TeacherDesc> teachers;
+  std::vector<Unit> units;  // the largest first
+  std::vector<Tap32> taps;
+  std::size_t shared_bytes = 0;  // the largest band's nc * nrows * cols floats
+};
+
+// `unit_elements` output elements a unit, over at most `group` channels (both validated by the
+// callers below; here they must be >= 1 and 1..kMaxGroup). Throws ValidationError where the
+// layout would make more than 2^31 - 1 units.
+FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group);
+
+// DIRECTPORT_FUSION_UNIT (256..2^24, default kUnitElements) and DIRECTPORT_FUSION_GROUP (1..kMaxGroup,
+// default kGroup); a bad value is a ValidationError naming the variable and the range.
+std::int64_t unit_elements_from_env();
+int unit_group_from_env();
+
+}  // namespace dp::kernels::plan

@@ -1,0 +1,213 @@
+// The GPU fusion kernel's work plan (kernels/fusion_plan.hpp), checked on the CPU: every output
+// element of every segment belongs to exactly one unit; a band's input rows hold every row its
+// outputs interpolate from and fit the shared memory the launch reserves; paired stores only
+// where every unit of the teacher stays aligned; the largest units first; the taps are the CPU
+// reference's; the environment variables that size the units are checked by name.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "directport/core/error.hpp"
+#include "directport/kernels/fusion.hpp"
+#include "directport/kernels/fusion_math.hpp"
+#include "directport/kernels/fusion_plan.hpp"
+
+namespace dp {
+namespace {
+
+using kernels::FusionInput;
+using kernels::FusionLayout;
+using kernels::NormMode;
+namespace plan = kernels::plan;
+
+FusionInput map(const std::string& name, DType t, std::int64_t c, std::int64_t h, std::int64_t w) {
+  return {name, t, {c, h, w}, NormMode::channel};
+}
+FusionInput vec(const std::string& name, DType t, std::int64_t c) { return {name, t, {c}, NormMode::isotropic}; }
+
+std::uint64_t cost(const plan::Unit& u) {
+  return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
+}
+
+void check_plan(const FusionLayout& L, std::int64_t unit, int group) {
+  SCOPED_TRACE("unit " + std::to_string(unit) + ", group " + std::to_string(group));
+  const auto P = plan::plan_fusion(L, unit, group);
+  const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
+  ASSERT_EQ(P.teachers.size(), L.teachers());
+  ASSERT_LE(P.shared_bytes, std::size_t(plan::kBandBytes));
+  std::vector<std::uint8_t> covered(L.mask_offset(), 0);
+  auto mark = [&](std::uint64_t i) {
+    ASSERT_LT(i, covered.size());
+    ++covered[i];
+  };
+  for (std::size_t k = 0; k < P.units.size(); ++k) {
+    const auto& u = P.units[k];
+    SCOPED_TRACE("unit #" + std::to_string(k) + " of teacher " + std::to_string(u.teacher));
+    if (k > 0) {
+      ASSERT_GE(cost(P.units[k - 1]), cost(u)) << "the largest units come first";
+    }
+    ASSERT_LT(u.teacher, L.teachers());
+    const auto& in = L.inputs()[u.teacher];
+    const auto& t = P.teachers[u.teacher];
+    ASSERT_EQ(t.out_offset, L.offset(u.teacher));
+    ASSERT_EQ(t.chan_base, L.channel_base(u.teacher));
+    ASSERT_GE(u.nc, 1u);
+    ASSERT_LE(u.nc, std::uint32_t(group));
+    ASSERT_LE(std::int64_t(u.c) + u.nc, in.channels());
+    if (t.mode == plan::kVector) {
+      ASSERT_FALSE(in.spatial());
+      ASSERT_EQ(u.nc, 1u);
+      for (std::uint32_t i = 0; i < u.rows; ++i) mark(t.out_offset + u.y0 + i);
+      continue;
+    }
+    ASSERT_TRUE(in.spatial());
+    const bool same = in.shape[1] == Hg && in.shape[2] == Wg;
+    ASSERT_EQ(t.mode, same ? plan::kCopy : plan::kBand) << "copy exactly where the map has the grid's size";
+    if (t.pairs) {
+      ASSERT_EQ(t.out_offset % 2, 0u);
+      ASSERT_EQ(plane % 2, 0);
+    }
+    for (std::uint32_t g = 0; g < u.nc; ++g) {
+      const std::uint64_t base = t.out_offset + std::uint64_t(u.c + g) * std::uint64_t(plane);
+      if (t.mode == plan::kCopy) {
+        ASSERT_LE(std::int64_t(u.y0) + u.rows, plane);
+        if (t.pairs) {
+          ASSERT_TRUE(u.y0 % 2 == 0 && u.rows % 2 == 0) << "a pair never straddles two units";
+        }
+        for (std::uint32_t i = 0; i < u.rows; ++i) mark(base + u.y0 + i);
+        continue;
+      }
+      ASSERT_LE(std::int64_t(u.y0) + u.rows, Hg);
+      ASSERT_LE(std::int64_t(u.x0) + u.cols, Wg);
+      ASSERT_LE(u.rows, std::uint32_t(plan::kMaxRows));
+      ASSERT_LE(std::int64_t(u.cols), plan::kMaxCols);
+      if (t.pairs) {
+        ASSERT_TRUE(u.x0 % 2 == 0 && u.cols % 2 == 0 && Wg % 2 == 0) << "pairs stay within a row";
+      }
+      for (std::uint32_t y = 0; y < u.rows; ++y) {
+        for (std::uint32_t x = 0; x < u.cols; ++x) mark(base + std::uint64_t(u.y0 + y) * std::uint64_t(Wg) + u.x0 + x);
+      }
+    }
+    if (t.mode == plan::kBand) {
+      ASSERT_LE(std::size_t(u.nc) * u.nrows * u.cols * sizeof(float), P.shared_bytes) << "the band's rows fit";
+      ASSERT_LE(std::int64_t(u.rbase) + u.nrows, in.shape[1]);
+      for (std::uint32_t y = u.y0; y < u.y0 + u.rows; ++y) {
+        const auto& ty = P.taps[t.row_taps + y];
+        ASSERT_GE(ty.i0, u.rbase);
+        ASSERT_LT(ty.i1, u.rbase + u.nrows) << "output row " << y << " needs input row " << ty.i1;
+      }
+    }
+  }
+  for (std::size_t i = 0; i < L.teachers(); ++i) {
+    const auto& in = L.inputs()[i];
+    const auto& t = P.teachers[i];
+    for (std::size_t e = L.offset(i); e < L.offset(i) + L.segment_elements(i); ++e) {
+      ASSERT_EQ(covered[e], 1) << "element " << e - L.offset(i) << " of teacher " << i << " ('" << in.name << "')";
+    }
+    if (t.mode != plan::kBand) continue;
+    // The taps are the reference's, index for index.
+    const auto ry = kernels::make_resample(in.shape[1], Hg), rx = kernels::make_resample(in.shape[2], Wg);
+    for (std::int64_t y = 0; y < Hg; ++y) {
+      const auto want = kernels::tap(ry, y, in.shape[1]);
+      const auto& got = P.taps[t.row_taps + std::size_t(y)];
+      ASSERT_TRUE(got.i0 == want.i0 && got.i1 == want.i1 && got.l0 == want.l0 && got.l1 == want.l1) << "row " << y;
+    }
+    for (std::int64_t x = 0; x < Wg; ++x) {
+      const auto want = kernels::tap(rx, x, in.shape[2]);
+      const auto& got = P.taps[t.col_taps + std::size_t(x)];
+      ASSERT_TRUE(got.i0 == want.i0 && got.i1 == want.i1 && got.l0 == want.l0 && got.l1 == want.l1) << "column " << x;
+    }
+  }
+}
+
+TEST(FusionPlan, UnitsCoverEveryOutputOnceAndFitTheirBounds) {
+  const std::vector<FusionLayout> layouts = {
+      // The benchmark's two workloads (bench/fusion_bench.cpp).
+      FusionLayout({map("vision", DType::f16, 384, 16, 16), map("edges", DType::f32, 8, 224, 224),
+                    map("depth", DType::bf16, 1, 448, 448), vec("audio", DType::f16, 512), vec("text", DType::f32, 384)},
+                   224, 224, DType::bf16),
+      FusionLayout({map("same", DType::f16, 64, 256, 256), map("down", DType::bf16, 32, 512, 512),
+                    map("up", DType::f32, 16, 128, 128)},
+                   256, 256, DType::f16),
+      // Odd sizes (no pairs), a 1x1 map, a strong downsampling, one axis resampled only.
+      FusionLayout({map("up", DType::f32, 3, 17, 29), map("down", DType::f16, 5, 64, 81), map("same", DType::bf16, 2, 37, 53),
+                    vec("v", DType::f32, 7), map("one", DType::f32, 1, 1, 1), map("down8", DType::bf16, 3, 296, 424),
+                    map("rows", DType::f32, 2, 37, 9)},
+                   37, 53, DType::f32),
+      // Wider than a band's columns, taller than its rows, an odd segment offset before an even grid.
+      FusionLayout({vec("odd", DType::f16, 3), map("up", DType::f16, 9, 3, 1000), map("same", DType::bf16, 3, 6, 4100)}, 6,
+                   4100, DType::bf16),
+      FusionLayout({map("up", DType::f32, 2, 150, 3), map("same", DType::f16, 1, 600, 4)}, 600, 4, DType::f32),
+  };
+  for (std::size_t l = 0; l < layouts.size(); ++l) {
+    SCOPED_TRACE("layout " + std::to_string(l));
+    for (auto [unit, group] : {std::pair<std::int64_t, int>{256, 1}, {8192, 1}, {16384, 2}, {100000, 3}, {1 << 20, 8}}) {
+      check_plan(layouts[l], unit, group);
+      if (HasFatalFailure()) return;
+    }
+  }
+}
+
+TEST(FusionPlan, PairsFollowTheLayout) {
+  // Even grid and offsets: pairs. An odd offset (a 3-element vector before the map) or an odd
+  // grid: none.
+  auto pairs_of = [](const FusionLayout& L, std::size_t i) { return plan::plan_fusion(L, 8192, 1).teachers[i].pairs; };
+  EXPECT_EQ(pairs_of(FusionLayout({map("a", DType::f16, 2, 8, 8), map("b", DType::f16, 2, 16, 16)}, 16, 16, DType::bf16), 0), 1);
+  EXPECT_EQ(pairs_of(FusionLayout({map("a", DType::f16, 2, 8, 8), map("b", DType::f16, 2, 16, 16)}, 16, 16, DType::bf16), 1), 1);
+  EXPECT_EQ(pairs_of(FusionLayout({vec("v", DType::f16, 3), map("a", DType::f16, 2, 8, 8)}, 16, 16, DType::bf16), 1), 0);
+  EXPECT_EQ(pairs_of(FusionLayout({map("a", DType::f16, 2, 8, 8)}, 15, 15, DType::bf16), 0), 0);
+}
+
+// Sets (or, with nullptr, unsets) an environment variable for a scope; unsets it after.
+struct ScopedEnv {
+  const char* name;
+  ScopedEnv(const char* n, const char* value) : name(n) {
+    if (value) {
+      ::setenv(n, value, 1);
+    } else {
+      ::unsetenv(n);
+    }
+  }
+  ~ScopedEnv() { ::unsetenv(name); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+};
+
+TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
+  {
+    ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr);
+    EXPECT_EQ(plan::unit_elements_from_env(), plan::kUnitElements);
+    EXPECT_EQ(plan::unit_group_from_env(), plan::kGroup);
+  }
+  {
+    ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8");
+    EXPECT_EQ(plan::unit_elements_from_env(), 4096);
+    EXPECT_EQ(plan::unit_group_from_env(), 8);
+  }
+  for (const char* bad : {"0", "255", "16777217", "4k", "-1", "abc"}) {
+    ScopedEnv u("DIRECTPORT_FUSION_UNIT", bad);
+    try {
+      plan::unit_elements_from_env();
+      ADD_FAILURE() << "DIRECTPORT_FUSION_UNIT=" << bad << " was accepted";
+    } catch (const ValidationError& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("DIRECTPORT_FUSION_UNIT"), std::string::npos) << what;
+      EXPECT_NE(what.find(std::string("'") + bad + "'"), std::string::npos) << what;
+    }
+  }
+  for (const char* bad : {"0", "9", "two"}) {
+    ScopedEnv g("DIRECTPORT_FUSION_GROUP", bad);
+    try {
+      plan::unit_group_from_env();
+      ADD_FAILURE() << "DIRECTPORT_FUSION_GROUP=" << bad << " was accepted";
+    } catch (const ValidationError& e) {
+      EXPECT_NE(std::string(e.what()).find("DIRECTPORT_FUSION_GROUP must be a number from 1 to 8"), std::string::npos) << e.what();
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dp
