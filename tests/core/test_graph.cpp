@@ -124,24 +124,6 @@ class TempFile {
   std::string path_;
 };
 
-// Sets or unsets an environment variable for one test.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* old = std::getenv(name)) old_ = old;
-    if (value) ::setenv(name, value, 1);
-    else ::unsetenv(name);
-  }
-  ~ScopedEnv() {
-    if (old_) ::setenv(name_, old_->c_str(), 1);
-    else ::unsetenv(name_);
-  }
-
- private:
-  const char* name_;
-  std::optional<std::string> old_;
-};
-
 // ------------------------------------------------------------------ the document
 
 TEST(GraphConfig, DocumentMustBeAnObject) {
@@ -426,11 +408,11 @@ TEST(GraphConfig, NodeWithoutParamsGetsAllDefaults) {
 TEST(GraphConfig, DomainDefaultsToTheEnvironmentThenDefault) {
   ensure_types();
   {
-    ScopedEnv env("DIRECTPORT_DOMAIN", nullptr);
+    test::ScopedEnv env("DIRECTPORT_DOMAIN", nullptr);
     EXPECT_EQ(parse_graph_config(graph({source("src")})).domain, "default");
   }
   {
-    ScopedEnv env("DIRECTPORT_DOMAIN", "fromenv");
+    test::ScopedEnv env("DIRECTPORT_DOMAIN", "fromenv");
     EXPECT_EQ(parse_graph_config(graph({source("src")})).domain, "fromenv");
     auto c = graph({source("src")});
     c["domain"] = "given";

@@ -560,15 +560,6 @@ TEST_F(GpuFusion, EveryDtypeOddSizesUpAndDownSamplingMatchTheCpu) {
 #endif
 }
 
-// Sets an environment variable for a scope, and unsets it however the scope ends.
-struct ScopedEnv {
-  const char* name;
-  ScopedEnv(const char* n, const char* value) : name(n) { ::setenv(n, value, 1); }
-  ~ScopedEnv() { ::unsetenv(name); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-};
-
 // The kernel's work units: bands of output rows with their input rows in shared memory, split
 // into column chunks on a grid wider than 2 048, made small (DIRECTPORT_FUSION_UNIT) so that a
 // channel is many bands, of 1, 3 (a last group of fewer) and 8 channels (DIRECTPORT_FUSION_GROUP;
@@ -581,7 +572,7 @@ TEST_F(GpuFusion, BandsChunksAndUnalignedPointersMatchTheCpu) {
   const std::uint64_t seed = test::test_seed();
   const std::pair<const char*, const char*> units[] = {{"256", "1"}, {"8192", "3"}, {"65536", "8"}};
   for (const auto& [unit, group] : units) {
-    ScopedEnv unit_env("DIRECTPORT_FUSION_UNIT", unit), group_env("DIRECTPORT_FUSION_GROUP", group);
+    test::ScopedEnv unit_env("DIRECTPORT_FUSION_UNIT", unit), group_env("DIRECTPORT_FUSION_GROUP", group);
     for (bool misalign : {false, true}) {
       SCOPED_TRACE(std::string("DIRECTPORT_FUSION_UNIT=") + unit + ", DIRECTPORT_FUSION_GROUP=" + group +
                    (misalign ? ", misaligned pointers" : ""));

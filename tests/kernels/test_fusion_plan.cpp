@@ -14,6 +14,7 @@
 #include "directport/kernels/fusion.hpp"
 #include "directport/kernels/fusion_math.hpp"
 #include "directport/kernels/fusion_plan.hpp"
+#include "support/test_support.hpp"
 
 namespace dp {
 namespace {
@@ -161,34 +162,19 @@ TEST(FusionPlan, PairsFollowTheLayout) {
   EXPECT_EQ(pairs_of(FusionLayout({map("a", DType::f16, 2, 8, 8)}, 15, 15, DType::bf16), 0), 0);
 }
 
-// Sets (or, with nullptr, unsets) an environment variable for a scope; unsets it after.
-struct ScopedEnv {
-  const char* name;
-  ScopedEnv(const char* n, const char* value) : name(n) {
-    if (value) {
-      ::setenv(n, value, 1);
-    } else {
-      ::unsetenv(n);
-    }
-  }
-  ~ScopedEnv() { ::unsetenv(name); }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-};
-
 TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
   {
-    ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr);
+    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr);
     EXPECT_EQ(plan::unit_elements_from_env(), plan::kUnitElements);
     EXPECT_EQ(plan::unit_group_from_env(), plan::kGroup);
   }
   {
-    ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8");
+    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8");
     EXPECT_EQ(plan::unit_elements_from_env(), 4096);
     EXPECT_EQ(plan::unit_group_from_env(), 8);
   }
   for (const char* bad : {"0", "255", "16777217", "4k", "-1", "abc"}) {
-    ScopedEnv u("DIRECTPORT_FUSION_UNIT", bad);
+    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", bad);
     try {
       plan::unit_elements_from_env();
       ADD_FAILURE() << "DIRECTPORT_FUSION_UNIT=" << bad << " was accepted";
@@ -199,7 +185,7 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
     }
   }
   for (const char* bad : {"0", "9", "two"}) {
-    ScopedEnv g("DIRECTPORT_FUSION_GROUP", bad);
+    test::ScopedEnv g("DIRECTPORT_FUSION_GROUP", bad);
     try {
       plan::unit_group_from_env();
       ADD_FAILURE() << "DIRECTPORT_FUSION_GROUP=" << bad << " was accepted";
