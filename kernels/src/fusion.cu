@@ -4,9 +4,8 @@
 // The work is a list of units, built once per layout; the launch has as many blocks as the card
 // holds at once, and each takes units from a counter (the largest first) until none is left:
 //   - copy: a range of the channel planes (one, or up to kMaxGroup: DIRECTPORT_FUSION_GROUP) of
-//     a spatial teacher that has the grid's size (no
-//     resampling: each value is read once, standardised, cast and stored, two at a time where
-//     the alignment allows);
+//     a spatial teacher that has the grid's size (no resampling: each value is read once,
+//     standardised, cast and stored, two at a time where the alignment allows);
 //   - band: a band of output rows (and at most kMaxCols columns) of the channels of a resampled
 //     teacher. The block first interpolates horizontally every input row the band needs into
 //     shared memory (H[r][x], exactly bilinear()'s `top`/`bottom`), then every output value is
@@ -14,11 +13,12 @@
 //     interpolation serves 14 output rows, and an output costs two shared-memory loads and
 //     three multiplies and adds. Values are bit for bit those of bilinear();
 //   - vector: a range of a global vector teacher (each element its own channel).
-// The bilinear taps of every output row and column of a teacher are computed once, on the host
-// with the CPU reference's code, and read from a table. Statistics: each thread sums its values
-// in float64, the block sums the threads, one atomic per unit and channel into the accumulators;
-// the last block to finish (a counter) turns the accumulators into the statistics and the
-// (mean, scale) pairs the next frame uses, so that a frame is one launch.
+// The units and the bilinear taps of every output row and column of a teacher are planned once,
+// on the host, with the CPU reference's code (fusion_plan.hpp); the kernel reads them from
+// tables. Statistics: each thread sums its values in float64, the block sums the threads, one
+// atomic per unit and channel into the accumulators; the last block to finish (a counter) turns
+// the accumulators into the statistics and the (mean, scale) pairs the next frame uses, so that
+// a frame is one launch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
