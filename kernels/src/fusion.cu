@@ -25,9 +25,7 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <string>
 
 #include "directport/cuda/driver.hpp"
