@@ -50,6 +50,7 @@ int dtype_code(DType t) { return t == DType::f16 ? kF16 : t == DType::bf16 ? kBF
 
 std::int64_t unit_elements_from_env() { return env_int("DIRECTPORT_FUSION_UNIT", kUnitElements, 256, std::int64_t(1) << 24); }
 int unit_group_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
+int blocks_per_sm_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_BLOCKS", kBlocksPerSm, 4, 5)); }
 
 FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
   DP_EXPECTS(target >= 1 && group >= 1 && group <= kMaxGroup, "plan_fusion() needs unit_elements >= 1 and group in 1..8");
@@ -83,6 +84,9 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
     // Pairs: two adjacent elements share a row and an alignment of two in the input (copy) and
     // the output, whichever channel and row (the pointers themselves are checked per frame).
     d.pairs = L.offset(i) % 2 == 0 && plane % 2 == 0 && (d.mode == kCopy || Wg % 2 == 0);
+    // Vectors of kVec elements the same way (kMaxCols is a multiple of kVec: a band's columns stay
+    // aligned).
+    d.vec = L.offset(i) % kVec == 0 && plane % kVec == 0 && (d.mode == kCopy || Wg % kVec == 0);
     int g = std::min(group, d.channels);  // channels a unit
     auto push = [&](std::int64_t c, std::int64_t y0, std::int64_t rows, std::int64_t x0, std::int64_t cols,
                     std::int64_t rbase, std::int64_t nrows) {
@@ -90,12 +94,23 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
                        static_cast<std::uint32_t>(y0), static_cast<std::uint32_t>(rows), static_cast<std::uint32_t>(x0),
                        static_cast<std::uint32_t>(cols), static_cast<std::uint32_t>(rbase), static_cast<std::uint32_t>(nrows)});
     };
+    // The last quarter of a plane (rows, or elements) is cut into units of a quarter of the size
+    // (kTailDivisor): taken last, they keep the launch's end short while the rest of the work
+    // comes in units large enough that their fixed costs (a unit's taps, its rows of horizontal
+    // interpolation, its sums) stay small.
     if (d.mode == kCopy) {
-      const std::int64_t n = std::max<std::int64_t>(2, target / g / 2 * 2);
-      const std::int64_t count = (d.channels + g - 1) / g * ((plane + n - 1) / n);
+      const std::int64_t align = d.vec ? kVec : 2;  // a unit starts and ends on a pair or a vector
+      const std::int64_t n = std::max<std::int64_t>(align, target / g / align * align);
+      const std::int64_t n_tail = std::max<std::int64_t>(align, target / kTailDivisor / g / align * align);
+      const std::int64_t cut = (plane - plane / 4) / align * align;
+      const std::int64_t count = (d.channels + g - 1) / g * ((cut + n - 1) / n + (plane - cut + n_tail - 1) / n_tail);
       if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
       for (std::int64_t c = 0; c < d.channels; c += g) {
-        for (std::int64_t e = 0; e < plane; e += n) push(c, e, std::min(n, plane - e), 0, 0, 0, 0);
+        for (std::int64_t e = 0; e < plane;) {
+          const std::int64_t r = std::min(e < cut ? n : n_tail, plane - e);
+          push(c, e, r, 0, 0, 0, 0);
+          e += r;
+        }
       }
       desc.push_back(d);
       continue;
@@ -111,23 +126,36 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
     auto span = [&](std::int64_t y0, std::int64_t rows) {  // input rows a band needs
       return std::int64_t(rt[y0 + rows - 1].i1) - std::int64_t(rt[y0].i0) + 1;
     };
+    // The most input rows `rows` consecutive output rows need, wherever they start (the bands of
+    // the plane's last quarter start anywhere); a shorter band needs no more.
     auto widest = [&](std::int64_t rows) {
+      if (rows >= Hg) return span(0, Hg);
       std::int64_t m = 0;
-      for (std::int64_t y0 = 0; y0 < Hg; y0 += rows) m = std::max(m, span(y0, std::min(rows, Hg - y0)));
+      for (std::int64_t y0 = 0; y0 + rows <= Hg; ++y0) m = std::max(m, span(y0, rows));
       return m;
     };
+    // Rows: as many as make the target's elements, fewer where their input rows would not fit.
     // (Two rows of kMaxCols fit for one channel: the loops end.)
-    std::int64_t rows = std::clamp<std::int64_t>(target / (g * cols), 1, std::min<std::int64_t>(Hg, kMaxRows));
-    auto bytes = [&] { return g * widest(rows) * cols * 4; };
-    while (rows > 1 && bytes() > kBandBytes) rows = rows > 8 ? rows * 3 / 4 : rows - 1;
-    while (g > 1 && bytes() > kBandBytes) --g;
-    shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(bytes()));
-    const std::int64_t count = (d.channels + g - 1) / g * ((Hg + rows - 1) / rows) * ((Wg + cols - 1) / cols);
+    auto bytes = [&](std::int64_t rows) { return g * widest(rows) * cols * 4; };
+    auto rows_for = [&](std::int64_t elements) {
+      std::int64_t rows = std::clamp<std::int64_t>(elements / (g * cols), 1, std::min<std::int64_t>(Hg, kMaxRows));
+      while (rows > 1 && bytes(rows) > kBandBytes) rows = rows > 8 ? rows * 3 / 4 : rows - 1;
+      return rows;
+    };
+    std::int64_t rows = rows_for(target);
+    while (g > 1 && bytes(rows) > kBandBytes) --g;
+    const std::int64_t rows_tail = std::min(rows, rows_for(target / kTailDivisor));
+    const std::int64_t cut = Hg - Hg / 4;
+    const std::int64_t count =
+        (d.channels + g - 1) / g * ((cut + rows - 1) / rows + (Hg - cut + rows_tail - 1) / rows_tail + 1) * ((Wg + cols - 1) / cols);
     if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
     for (std::int64_t c = 0; c < d.channels; c += g) {
-      for (std::int64_t y0 = 0; y0 < Hg; y0 += rows) {
-        const std::int64_t r = std::min(rows, Hg - y0);
-        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, span(y0, r));
+      for (std::int64_t y0 = 0; y0 < Hg;) {
+        const std::int64_t r = std::min(y0 < cut ? rows : rows_tail, Hg - y0);
+        const std::int64_t need = span(y0, r);
+        shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(std::min<std::int64_t>(g, d.channels - c) * need * cols * 4));
+        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, need);
+        y0 += r;
       }
     }
     desc.push_back(d);

@@ -71,12 +71,20 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group) {
       ASSERT_EQ(t.out_offset % 2, 0u);
       ASSERT_EQ(plane % 2, 0);
     }
+    if (t.vec) {
+      ASSERT_TRUE(t.pairs) << "a layout aligned for vectors is aligned for pairs";
+      ASSERT_EQ(t.out_offset % plan::kVec, 0u);
+      ASSERT_EQ(plane % plan::kVec, 0);
+    }
     for (std::uint32_t g = 0; g < u.nc; ++g) {
       const std::uint64_t base = t.out_offset + std::uint64_t(u.c + g) * std::uint64_t(plane);
       if (t.mode == plan::kCopy) {
         ASSERT_LE(std::int64_t(u.y0) + u.rows, plane);
         if (t.pairs) {
           ASSERT_TRUE(u.y0 % 2 == 0 && u.rows % 2 == 0) << "a pair never straddles two units";
+        }
+        if (t.vec) {
+          ASSERT_TRUE(u.y0 % plan::kVec == 0 && u.rows % plan::kVec == 0) << "a vector never straddles two units";
         }
         for (std::uint32_t i = 0; i < u.rows; ++i) mark(base + u.y0 + i);
         continue;
@@ -87,6 +95,10 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group) {
       ASSERT_LE(std::int64_t(u.cols), plan::kMaxCols);
       if (t.pairs) {
         ASSERT_TRUE(u.x0 % 2 == 0 && u.cols % 2 == 0 && Wg % 2 == 0) << "pairs stay within a row";
+      }
+      if (t.vec) {
+        ASSERT_TRUE(u.x0 % plan::kVec == 0 && u.cols % plan::kVec == 0 && Wg % plan::kVec == 0) << "vectors stay within a row";
+        ASSERT_LE(u.cols / plan::kVec, 256u) << "a row's vectors fit the block's threads";
       }
       for (std::uint32_t y = 0; y < u.rows; ++y) {
         for (std::uint32_t x = 0; x < u.cols; ++x) mark(base + std::uint64_t(u.y0 + y) * std::uint64_t(Wg) + u.x0 + x);
@@ -142,6 +154,11 @@ TEST(FusionPlan, UnitsCoverEveryOutputOnceAndFitTheirBounds) {
       FusionLayout({vec("odd", DType::f16, 3), map("up", DType::f16, 9, 3, 1000), map("same", DType::bf16, 3, 6, 4100)}, 6,
                    4100, DType::bf16),
       FusionLayout({map("up", DType::f32, 2, 150, 3), map("same", DType::f16, 1, 600, 4)}, 600, 4, DType::f32),
+      // Vectors: a grid wider than a band whose width is a multiple of 8; a segment after a
+      // 2-element vector (pairs, no vectors).
+      FusionLayout({map("up", DType::f16, 2, 3, 1000), map("same", DType::bf16, 2, 6, 4104), vec("two", DType::f32, 2),
+                    map("after", DType::f16, 1, 3, 100)},
+                   6, 4104, DType::f32),
   };
   for (std::size_t l = 0; l < layouts.size(); ++l) {
     SCOPED_TRACE("layout " + std::to_string(l));
@@ -162,16 +179,72 @@ TEST(FusionPlan, PairsFollowTheLayout) {
   EXPECT_EQ(pairs_of(FusionLayout({map("a", DType::f16, 2, 8, 8)}, 15, 15, DType::bf16), 0), 0);
 }
 
+TEST(FusionPlan, TheLastQuarterOfAPlaneComesInSmallerUnitsTakenLast) {
+  // A copy and a band (a 16x16 map upsampled), a 256x256 grid, 16384 elements a unit: three
+  // quarters of each plane in units of 16384 elements (a band: 64 rows of 256), the last quarter
+  // in units of 4096 (16 rows), which the order puts after every large one.
+  const FusionLayout L({map("same", DType::f16, 2, 256, 256), map("up", DType::f16, 2, 16, 16)}, 256, 256, DType::bf16);
+  const auto P = plan::plan_fusion(L, 16384, 1);
+  std::size_t big = 0, small = 0, first_small = P.units.size();
+  for (std::size_t k = 0; k < P.units.size(); ++k) {
+    const auto& u = P.units[k];
+    const std::uint64_t n = std::uint64_t(u.rows) * std::max(u.cols, 1u);
+    if (n >= 12288) {
+      ++big;
+      EXPECT_LT(k, first_small) << "a large unit after a small one";
+    } else {
+      ++small;
+      first_small = std::min(first_small, k);
+      EXPECT_LE(n, 4096u + 256u);
+    }
+  }
+  // Copy: 48 of 64 Ki elements a channel in 3 large units, 16 Ki in 4 small; band: rows 0..191
+  // in 3 bands of 64 rows, 192..255 in 4 of 16 (cut at row 192).
+  EXPECT_EQ(big, 2u * 3 + 2u * 3);
+  EXPECT_EQ(small, 2u * 4 + 2u * 4);
+}
+
+TEST(FusionPlan, VectorsFollowTheLayout) {
+  // 8-element vectors where the offset and the grid's width (a band) or plane (a copy) are
+  // multiples of 8; pairs alone where they are only even.
+  auto desc = [](const FusionLayout& L, std::size_t i) { return plan::plan_fusion(L, 8192, 1).teachers[i]; };
+  const FusionLayout aligned({map("a", DType::f16, 2, 8, 8), map("b", DType::f32, 2, 16, 16)}, 16, 16, DType::bf16);
+  EXPECT_EQ(desc(aligned, 0).vec, 1);
+  EXPECT_EQ(desc(aligned, 1).vec, 1);
+  const FusionLayout after_two({vec("v", DType::f16, 2), map("a", DType::f16, 2, 8, 8), map("b", DType::f16, 2, 16, 16)}, 16,
+                               16, DType::bf16);
+  EXPECT_EQ(desc(after_two, 1).vec, 0);
+  EXPECT_EQ(desc(after_two, 1).pairs, 1);
+  EXPECT_EQ(desc(after_two, 2).vec, 0);
+  // A 12-wide grid: a band's rows are not whole vectors, a copy's 96-element plane is.
+  const FusionLayout narrow({map("band", DType::f16, 2, 4, 4), map("copy", DType::f16, 1, 8, 12)}, 8, 12, DType::bf16);
+  EXPECT_EQ(desc(narrow, 0).vec, 0);
+  EXPECT_EQ(desc(narrow, 0).pairs, 1);
+  EXPECT_EQ(desc(narrow, 1).vec, 1);
+}
+
 TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
   {
-    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr);
+    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr),
+        b("DIRECTPORT_FUSION_BLOCKS", nullptr);
     EXPECT_EQ(plan::unit_elements_from_env(), plan::kUnitElements);
     EXPECT_EQ(plan::unit_group_from_env(), plan::kGroup);
+    EXPECT_EQ(plan::blocks_per_sm_from_env(), plan::kBlocksPerSm);
   }
   {
-    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8");
+    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8"), b("DIRECTPORT_FUSION_BLOCKS", "5");
     EXPECT_EQ(plan::unit_elements_from_env(), 4096);
     EXPECT_EQ(plan::unit_group_from_env(), 8);
+    EXPECT_EQ(plan::blocks_per_sm_from_env(), 5);
+  }
+  for (const char* bad : {"3", "6", "four"}) {
+    test::ScopedEnv b("DIRECTPORT_FUSION_BLOCKS", bad);
+    try {
+      plan::blocks_per_sm_from_env();
+      ADD_FAILURE() << "DIRECTPORT_FUSION_BLOCKS=" << bad << " was accepted";
+    } catch (const ValidationError& e) {
+      EXPECT_NE(std::string(e.what()).find("DIRECTPORT_FUSION_BLOCKS must be a number from 4 to 5"), std::string::npos) << e.what();
+    }
   }
   for (const char* bad : {"0", "255", "16777217", "4k", "-1", "abc"}) {
     test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", bad);

@@ -20,9 +20,17 @@ constexpr std::int64_t kBandBytes = 32 * 1024;
 constexpr int kMaxRows = 256;
 // Output elements a unit aims at, over its channels, and channels a unit takes at most
 // (DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP override them, for measuring).
-constexpr std::int64_t kUnitElements = 8192;
+constexpr std::int64_t kUnitElements = 16384;
+// The last quarter of each plane is cut into units this many times smaller, taken last.
+constexpr std::int64_t kTailDivisor = 4;
 constexpr int kGroup = 1;
+// Blocks of 256 threads an SM the kernel is compiled for (its register budget: 4 gives 64
+// registers a thread, 5 gives 48); DIRECTPORT_FUSION_BLOCKS picks the other, for measuring.
+constexpr int kBlocksPerSm = 4;
 constexpr int kMaxGroup = 8;
+// Elements a thread loads (copy) and stores at once where the layout and the pointers allow.
+constexpr int kVec = 8;
+static_assert(kMaxCols % kVec == 0, "a band's column chunks keep vectors aligned");
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
 enum : int { kCopy = 0, kBand = 1, kVector = 2 };
@@ -40,6 +48,7 @@ struct TeacherDesc {
   int mode;   // kCopy (the grid's size), kBand (resampled) or kVector
   int norm;   // NormMode
   int pairs;  // 1: the layout lets this teacher store (and, copy, load) two adjacent elements at once
+  int vec;    // 1: ... kVec adjacent elements at once (16 bytes of a 16-bit dtype)
   int channels;
   std::uint32_t h, w;
   std::uint32_t row_taps, col_taps;  // band: index of output row 0's and column 0's tap in the table
@@ -70,5 +79,7 @@ FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, i
 // default kGroup); a bad value is a ValidationError naming the variable and the range.
 std::int64_t unit_elements_from_env();
 int unit_group_from_env();
+// DIRECTPORT_FUSION_BLOCKS (4 or 5, default kBlocksPerSm), checked the same way.
+int blocks_per_sm_from_env();
 
 }  // namespace dp::kernels::plan
