@@ -7,7 +7,8 @@
 //
 // Bandwidth of the fusion = (bytes of every input + bytes of the fused tensor) / median time of
 // one fused frame: the least traffic the job needs. Copy bandwidth = 2 x bytes / median time of
-// a device-to-device cudaMemcpyAsync of a 256 MiB buffer. Times are CUDA-event medians.
+// a device-to-device cudaMemcpyAsync of a 256 MiB buffer. Times are CUDA-event medians. For
+// scale, each workload also times one copy that moves as many bytes as the fusion.
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
@@ -187,6 +188,11 @@ int main(int argc, char** argv) {
       dp::kernels::FusionGpu fusion(L);
       const double ms = median_ms(iters, s, [&] { fusion.fuse(ptrs, out.p, reinterpret_cast<dp::GpuStream>(s)); });
       const double gbs = double(bytes) / (ms * 1e-3) / 1e9;
+      // For scale: one device-to-device copy that moves as many bytes (half read, half written),
+      // timed the same way. At this size a launch's fixed costs are part of either figure.
+      const double same_ms = median_ms(iters, s, [&] {
+        DP_CUDA_CHECK(cudaMemcpyAsync(cb.p, ca.p, std::min(copy_bytes, bytes / 2), cudaMemcpyDeviceToDevice, s));
+      });
       json peer = no_torch ? json{{"error", "skipped (--no-torch)"}} : torch_peer(python, L, iters, !no_compile);
       auto fig = [&](const char* key) -> std::optional<double> {
         if (peer.contains(key) && peer[key].is_number()) return peer[key].get<double>();
@@ -203,6 +209,8 @@ int main(int argc, char** argv) {
       std::printf("%-8s %10.1f %10.4f %9.0f %7.0f%% %11s %7sx %12s %7sx\n", w.name.c_str(), double(bytes) / 1e6, ms, gbs,
                   100.0 * gbs / copy_gbs, cell(eager, 11).c_str(), cell(ratio(eager), 7).c_str(),
                   cell(compiled, 12).c_str(), cell(ratio(compiled), 7).c_str());
+      std::printf("  a copy moving the same %.1f MB: %.4f ms (%.0f GB/s)\n", double(bytes) / 1e6, same_ms,
+                  double(bytes) / (same_ms * 1e-3) / 1e9);
       if (peer.contains("error")) std::printf("  PyTorch peer: %s\n", peer["error"].get<std::string>().c_str());
       if (peer.contains("compile_error")) std::printf("  torch.compile: %s\n", peer["compile_error"].get<std::string>().c_str());
       results["workloads"].push_back({{"name", w.name},
@@ -211,6 +219,7 @@ int main(int argc, char** argv) {
                                       {"fusion_ms", ms},
                                       {"fusion_gbs", gbs},
                                       {"of_copy", gbs / copy_gbs},
+                                      {"copy_same_bytes_ms", same_ms},
                                       {"torch", peer},
                                       {"speedup_eager", eager ? json(*eager / ms) : json()},
                                       {"speedup_compile", compiled ? json(*compiled / ms) : json()}});
