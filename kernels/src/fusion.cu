@@ -212,33 +212,57 @@ __device__ __forceinline__ double warp_sum(double v) {
   return v;  // valid in lane 0
 }
 
-// A thread's running sums of its values (float64: v * v of a float is exact in a double, so the
-// fused multiply-add rounds once, as the reference's multiply and add do).
+// A thread's running sums of its values and their squares, in float64 (v * v of a float is exact
+// in a double, so the fused multiply-add rounds once, as the reference's multiply and add do).
 struct Sums {
   double s1 = 0.0, s2 = 0.0;
+  // add8() sums the differences from a shift (the first finite value the thread saw), counted in
+  // n; raw() gives the sums of the values themselves. add() and add8() are not mixed in a unit.
+  float shift = 0.0f;
+  bool shifted = false;
+  unsigned n = 0;
   __device__ __forceinline__ void add(float v) {
     const double d = v;
     s1 += d;
     s2 = __fma_rn(d, d, s2);
   }
-  // Eight values: summed (and their squares) in float32 first, a tree of rounded adds, then
-  // added in float64, which converts two values rather than eight. The result differs from the
-  // float64 sum of the eight by at most about 3 float32 roundings of their magnitudes' sum
-  // (< 2e-7 of it). A sum that is not finite in float32 (values over 1.8e19 square to infinity)
-  // is redone in float64, so that infinities and NaNs come out where add() gives them.
+  // Eight values: their differences from the shift, and the squares of those, summed in float32
+  // first (a tree of rounded adds), then added in float64, which converts two values rather than
+  // eight. The float32 steps err by about 3 roundings of the differences' magnitudes, not of the
+  // values': a channel whose mean is far larger than its spread keeps its variance (the squares
+  // of the values themselves would lose it in float32). A sum that is not finite in float32 is
+  // redone in float64.
   __device__ __forceinline__ void add8(const float (&v)[8]) {
-    const float a = f_add(f_add(f_add(v[0], v[1]), f_add(v[2], v[3])), f_add(f_add(v[4], v[5]), f_add(v[6], v[7])));
+    if (!shifted) {
+      shifted = true;
+      shift = isfinite(v[0]) ? v[0] : 0.0f;
+    }
+    n += 8;
+    float d[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) d[k] = f_sub(v[k], shift);
+    const float a = f_add(f_add(f_add(d[0], d[1]), f_add(d[2], d[3])), f_add(f_add(d[4], d[5]), f_add(d[6], d[7])));
     float q[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) q[k] = __fmaf_rn(v[2 * k + 1], v[2 * k + 1], f_mul(v[2 * k], v[2 * k]));
+    for (int k = 0; k < 4; ++k) q[k] = __fmaf_rn(d[2 * k + 1], d[2 * k + 1], f_mul(d[2 * k], d[2 * k]));
     const float b = f_add(f_add(q[0], q[1]), f_add(q[2], q[3]));
     if (isfinite(a) && isfinite(b)) {
       s1 += static_cast<double>(a);
       s2 += static_cast<double>(b);
     } else {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) add(v[k]);
+      for (int k = 0; k < 8; ++k) {
+        const double e = d_sub(static_cast<double>(v[k]), static_cast<double>(shift));
+        s1 += e;
+        s2 = __fma_rn(e, e, s2);
+      }
     }
+  }
+  // The sums of the values: sum (x - s) + n s and sum (x - s)^2 + 2 s sum (x - s) + n s^2.
+  __device__ __forceinline__ double2 raw() const {
+    if (!shifted || shift == 0.0f) return make_double2(s1, s2);
+    const double sh = shift, cnt = n;
+    return make_double2(s1 + cnt * sh, s2 + 2.0 * sh * s1 + cnt * sh * sh);
   }
 };
 
@@ -246,8 +270,9 @@ struct Sums {
 struct Partials {
   double v[kWarps][kMaxGroup][2];
 };
-__device__ __forceinline__ void warp_partial(Sums s, int g, Partials& p) {
-  const double s1 = warp_sum(s.s1), s2 = warp_sum(s.s2);
+__device__ __forceinline__ void warp_partial(const Sums& s, int g, Partials& p) {
+  const double2 r = s.raw();
+  const double s1 = warp_sum(r.x), s2 = warp_sum(r.y);
   if ((threadIdx.x & 31) == 0) {
     p.v[threadIdx.x >> 5][g][0] = s1;
     p.v[threadIdx.x >> 5][g][1] = s2;

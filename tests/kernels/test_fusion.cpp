@@ -473,8 +473,10 @@ double ulp_of(DType t, float v) {
 // the kernel may not load or store two elements at once. `negative_zeros`: every 5th input value
 // is -0.0, which only the exact-sample rule of bilinear() passes through unchanged (1 * -0 + 0 * w
 // is +0 for w >= 0).
+// `offset`, where not 0: every input value is offset + (its random value) / 64, a mean far
+// larger than the spread (the variance must survive how the kernel sums).
 void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed, bool exact, bool misalign = false,
-                          bool negative_zeros = false) {
+                          bool negative_zeros = false, float offset = 0.0f) {
   std::mt19937_64 rng(seed);
   FusionCpu cpu(L);
   kernels::FusionGpu gpu(L);
@@ -501,6 +503,9 @@ void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed,
       auto vals = random_floats(rng, L.input_bytes(i) / dtype_size(t.dtype), -3.0f + float(i), 5.0f + 2.0f * float(i));
       if (negative_zeros) {
         for (std::size_t k = 0; k < vals.size(); k += 5) vals[k] = -0.0f;
+      }
+      if (offset != 0.0f) {
+        for (auto& v : vals) v = offset + v / 64.0f;
       }
       host[i].resize(L.input_bytes(i));
       for (std::size_t k = 0; k < vals.size(); ++k) {
@@ -535,9 +540,9 @@ void compare_gpu_with_cpu(const FusionLayout& L, int frames, std::uint64_t seed,
       const auto& cs = cpu.stats(i);
       ASSERT_EQ(gs.frames, cs.frames);
       for (std::size_t c = 0; c < cs.m1.size(); ++c) {
-        // Where the kernel moves 8 elements at once it sums them in float32 before float64
-        // (Sums::add8 in fusion.cu: within 2e-7 of their magnitudes' sum); these inputs' mean
-        // magnitude is well below 5 (1 + |mean|), so 1e-6 bounds it.
+        // Where the kernel moves 8 elements at once it sums their differences from a shift in
+        // float32 before float64 (Sums::add8 in fusion.cu: within 2e-7 of the differences'
+        // magnitudes, which here stay well below 5 (1 + |mean|)), so 1e-6 bounds it.
         ASSERT_NEAR(gs.m1[c], cs.m1[c], 1e-6 * (1 + std::fabs(cs.m1[c]))) << "teacher " << i << " channel " << c;
         ASSERT_NEAR(gs.m2[c], cs.m2[c], 1e-6 * (1 + std::fabs(cs.m2[c]))) << "teacher " << i << " channel " << c;
       }
@@ -602,6 +607,21 @@ TEST_F(GpuFusion, BandsChunksAndUnalignedPointersMatchTheCpu) {
                          32, 48, DType::f32);
       compare_gpu_with_cpu(exact, 2, seed + 3, true, misalign, true);
     }
+  }
+#endif
+}
+
+// Values of mean 1000 and a spread of about 0.1 (f32 inputs, vectors and pairs both): summing
+// squares of the values in float32 would lose the variance (3 % of it, and 1.5 % of every output,
+// for such a channel); the outputs and moments must match the CPU's float64 sums.
+TEST_F(GpuFusion, AMeanFarAboveTheSpreadKeepsItsVariance) {
+#if DIRECTPORT_HAS_CUDA
+  for (NormMode mode : {NormMode::channel, NormMode::isotropic}) {
+    SCOPED_TRACE(kernels::norm_mode_name(mode));
+    FusionLayout L({map("same", DType::f32, 3, 64, 96, mode), map("up", DType::f32, 2, 16, 24, mode),
+                    vec("two", DType::f32, 2, mode), map("pairs", DType::f32, 2, 64, 96, mode)},
+                   64, 96, DType::f32, 0.2);
+    compare_gpu_with_cpu(L, 4, test::test_seed(), false, false, false, 1000.0f);
   }
 #endif
 }
