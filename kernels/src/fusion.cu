@@ -368,17 +368,16 @@ __device__ __forceinline__ void band_rows(const LaunchArgs& a, const TeacherDesc
     refs[y] = {(ty.i0 - u.rbase) * cols, (ty.i1 - u.rbase) * cols, ty.l0, ty.l1};
   }
   const std::uint64_t in_plane = std::uint64_t(t.h) * t.w;
-  const bool in_pairs = ((a.in_pairs >> u.teacher) & 1u) && t.w % 2 == 0;
+  // Every column's taps adjacent, the first even (the plan), the input aligned to two (this
+  // frame): one aligned load of two elements takes both. Uniform over the block.
+  const bool two = t.tap_pairs && ((a.in_pairs >> u.teacher) & 1u);
   for (std::uint32_t x = threadIdx.x; x < cols; x += kThreads) {
     const Tap32 tx = ct[x];
     const std::uint32_t hx = split ? ((x & 4) ? cols / 2 : 0) + ((x >> 3) << 2) + (x & 3) : x;
-    // The taps are adjacent and the first is even: one aligned load of two elements (the input
-    // aligned to two and its rows of even length).
-    const bool two = in_pairs && tx.i1 == tx.i0 + 1 && (tx.i0 & 1u) == 0;
     for (std::uint32_t g = 0; g < u.nc; ++g) {
       const TI* row = static_cast<const TI*>(a.in[u.teacher]) + (u.c + g) * in_plane + std::uint64_t(u.rbase) * t.w;
       float* h = H + g * u.nrows * cols + hx;
-      if (__all_sync(__activemask(), two)) {  // the two taps in one load (a 2x downsampling, say)
+      if (two) {
 #pragma unroll 4
         for (std::uint32_t r = 0; r < u.nrows; ++r) {
           const float2 v = ld2(row + r * t.w + tx.i0);

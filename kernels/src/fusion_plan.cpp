@@ -120,6 +120,11 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
     d.col_taps = static_cast<std::uint32_t>(taps.size());
     push_taps(taps, d.w, Wg);
     const Tap32* rt = taps.data() + d.row_taps;
+    d.tap_pairs = d.w % 2 == 0;
+    for (std::int64_t x = 0; x < Wg && d.tap_pairs; ++x) {
+      const Tap32& t = taps[d.col_taps + std::size_t(x)];
+      d.tap_pairs = t.i1 == t.i0 + 1 && t.i0 % 2 == 0;
+    }
     // Columns: the grid's width, or chunks of kMaxCols (even, so that pairs stay aligned).
     const std::int64_t cols = std::min(Wg, kMaxCols);
     // Rows: as many as make `target` elements, fewer where their input rows would not fit.

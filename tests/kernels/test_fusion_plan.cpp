@@ -128,11 +128,14 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group) {
       const auto& got = P.taps[t.row_taps + std::size_t(y)];
       ASSERT_TRUE(got.i0 == want.i0 && got.i1 == want.i1 && got.l0 == want.l0 && got.l1 == want.l1) << "row " << y;
     }
+    bool adjacent = in.shape[2] % 2 == 0;
     for (std::int64_t x = 0; x < Wg; ++x) {
       const auto want = kernels::tap(rx, x, in.shape[2]);
       const auto& got = P.taps[t.col_taps + std::size_t(x)];
       ASSERT_TRUE(got.i0 == want.i0 && got.i1 == want.i1 && got.l0 == want.l0 && got.l1 == want.l1) << "column " << x;
+      adjacent = adjacent && want.i1 == want.i0 + 1 && want.i0 % 2 == 0;
     }
+    ASSERT_EQ(t.tap_pairs, adjacent ? 1 : 0) << "one load of two elements exactly where every column's taps allow it";
   }
 }
 
@@ -202,6 +205,16 @@ TEST(FusionPlan, TheLastQuarterOfAPlaneComesInSmallerUnitsTakenLast) {
   // in 3 bands of 64 rows, 192..255 in 4 of 16 (cut at row 192).
   EXPECT_EQ(big, 2u * 3 + 2u * 3);
   EXPECT_EQ(small, 2u * 4 + 2u * 4);
+}
+
+TEST(FusionPlan, TapPairsWhereEveryColumnsTapsAreAdjacentAndEven) {
+  auto desc = [](const FusionLayout& L, std::size_t i) { return plan::plan_fusion(L, 8192, 1).teachers[i]; };
+  // 2x down (512 -> 256 columns): taps 2x, 2x + 1 for every x.
+  EXPECT_EQ(desc(FusionLayout({map("down", DType::bf16, 1, 64, 512)}, 32, 256, DType::f16), 0).tap_pairs, 1);
+  // Upsampling (a clamped first column, taps i, i at the end), 3x down (odd first taps), odd width.
+  EXPECT_EQ(desc(FusionLayout({map("up", DType::bf16, 1, 16, 128)}, 32, 256, DType::f16), 0).tap_pairs, 0);
+  EXPECT_EQ(desc(FusionLayout({map("down3", DType::bf16, 1, 96, 768)}, 32, 256, DType::f16), 0).tap_pairs, 0);
+  EXPECT_EQ(desc(FusionLayout({map("odd", DType::bf16, 1, 64, 513)}, 32, 256, DType::f16), 0).tap_pairs, 0);
 }
 
 TEST(FusionPlan, VectorsFollowTheLayout) {

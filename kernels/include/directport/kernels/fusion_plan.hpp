@@ -49,6 +49,8 @@ struct TeacherDesc {
   int norm;   // NormMode
   int pairs;  // 1: the layout lets this teacher store (and, copy, load) two adjacent elements at once
   int vec;    // 1: ... kVec adjacent elements at once (16 bytes of a 16-bit dtype)
+  int tap_pairs;  // band: 1 where every column's two taps are adjacent, the first even, and the input's
+                  // rows of even length: one load of two elements takes both (a 2x downsampling, say)
   int channels;
   std::uint32_t h, w;
   std::uint32_t row_taps, col_taps;  // band: index of output row 0's and column 0's tap in the table
