@@ -175,6 +175,49 @@ class VaMapping {
   std::size_t bytes_ = 0;
 };
 
+// One VMM allocation mapped into this process: its handle, a reserved range and the mapping,
+// destroyed in the reverse order (unmap, free the range, release the handle). The producer creates
+// and exports it (slots, device ready words); a consumer imports it from the producer's fd.
+class VmmMemory {
+ public:
+  VmmMemory() = default;
+  // A new allocation of `bytes` (a multiple of the granularity) on `device`, read-write here.
+  static VmmMemory create(int device, std::size_t bytes, std::size_t granularity) {
+    auto prop = vmm_prop(device);
+    CUmemGenericAllocationHandle h = 0;
+    DP_CU_CHECK(cuMemCreate, &h, bytes, &prop, 0);
+    return VmmMemory(VmmHandle(h), device, bytes, granularity, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
+  }
+  // The peer's allocation behind `fd` (POSIX-FD handle), with `access` here; the fd may be closed
+  // afterwards: the import holds the memory.
+  static VmmMemory import(int fd, int device, std::size_t bytes, std::size_t granularity, CUmemAccess_flags access) {
+    CUmemGenericAllocationHandle h = 0;
+    DP_CU_CHECK(cuMemImportFromShareableHandle, &h, reinterpret_cast<void*>(static_cast<std::uintptr_t>(fd)),
+                CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    return VmmMemory(VmmHandle(h), device, bytes, granularity, access);
+  }
+  CUdeviceptr base() const { return range_.base(); }
+  // A POSIX fd of the allocation, for a consumer.
+  platform::UniqueFd export_fd() const {
+    int fd = -1;
+    DP_CU_CHECK(cuMemExportToShareableHandle, &fd, handle_.get(), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+    return platform::UniqueFd(fd);
+  }
+
+ private:
+  VmmMemory(VmmHandle handle, int device, std::size_t bytes, std::size_t granularity, CUmemAccess_flags access)
+      : handle_(std::move(handle)), range_(bytes, granularity), mapping_(range_, bytes, handle_) {
+    CUmemAccessDesc acc{};
+    acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    acc.location.id = device;
+    acc.flags = access;
+    DP_CU_CHECK(cuMemSetAccess, range_.base(), bytes, &acc, 1);
+  }
+  VmmHandle handle_;
+  VaRange range_;
+  VaMapping mapping_;
+};
+
 // cudaMalloc'd memory (producer, cuda-ipc) or a peer's cudaIpcOpenMemHandle mapping (consumer).
 class RuntimeMemory {
  public:
@@ -314,20 +357,9 @@ class CudaProducer final : public ProducerTransport {
     if (spec.memory == MemoryKind::cuda_vmm) {
       granularity_ = vmm_granularity(device_);
       bytes_ = round_up(stride_ * spec.slots, granularity_);
-      auto prop = vmm_prop(device_);
-      CUmemGenericAllocationHandle h = 0;
-      DP_CU_CHECK(cuMemCreate, &h, bytes_, &prop, 0);
-      handle_ = VmmHandle(h);
-      range_ = VaRange(bytes_, granularity_);
-      mapping_ = VaMapping(range_, bytes_, handle_);
-      base_ = range_.base();
-      CUmemAccessDesc acc{};
-      acc.location = prop.location;
-      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-      DP_CU_CHECK(cuMemSetAccess, base_, bytes_, &acc, 1);
-      int fd = -1;
-      DP_CU_CHECK(cuMemExportToShareableHandle, &fd, handle_.get(), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
-      mem_fd_ = platform::UniqueFd(fd);
+      vmm_ = VmmMemory::create(device_, bytes_, granularity_);
+      base_ = vmm_.base();
+      mem_fd_ = vmm_.export_fd();
     } else if (spec.memory == MemoryKind::vulkan) {
 #if DIRECTPORT_HAS_VULKAN
       vk_ = vk::Context::get(uuid_);
@@ -355,22 +387,11 @@ class CudaProducer final : public ProducerTransport {
     if (spec.memory == MemoryKind::cuda_vmm && spec.fence == FenceKind::cuda_memop && cuda::ready_words(device_).on_device) {
       // The ready words the consumers' GPU streams wait on, in device memory (one granule, shared
       // like the slots); the host page above stays their mirror for CPU checks.
-      auto prop = vmm_prop(device_);
-      CUmemGenericAllocationHandle h = 0;
-      DP_CU_CHECK(cuMemCreate, &h, granularity_, &prop, 0);
-      words_handle_ = VmmHandle(h);
-      words_range_ = VaRange(granularity_, granularity_);
-      words_mapping_ = VaMapping(words_range_, granularity_, words_handle_);
-      words_ = words_range_.base();
-      CUmemAccessDesc acc{};
-      acc.location = prop.location;
-      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-      DP_CU_CHECK(cuMemSetAccess, words_, granularity_, &acc, 1);
+      words_vmm_ = VmmMemory::create(device_, granularity_, granularity_);
+      words_ = words_vmm_.base();
       DP_CUDA_CHECK(cudaMemset(reinterpret_cast<void*>(words_), 0, granularity_));
       DP_CUDA_CHECK(cudaDeviceSynchronize());
-      int fd = -1;
-      DP_CU_CHECK(cuMemExportToShareableHandle, &fd, words_handle_.get(), CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
-      words_fd_ = platform::UniqueFd(fd);
+      words_fd_ = words_vmm_.export_fd();
     }
     if (spec.fence == FenceKind::vulkan_timeline) {
 #if DIRECTPORT_HAS_VULKAN
@@ -501,9 +522,7 @@ class CudaProducer final : public ProducerTransport {
   bool gpu_waits_ = true;  // cuda::fence_waits()
   std::string uuid_;
   std::size_t stride_ = 0, bytes_ = 0, granularity_ = 0;
-  VmmHandle handle_;
-  VaRange range_;
-  VaMapping mapping_;
+  VmmMemory vmm_;
   RuntimeMemory runtime_;
   CUdeviceptr base_ = 0;
   cudaIpcMemHandle_t ipc_{};
@@ -517,10 +536,8 @@ class CudaProducer final : public ProducerTransport {
   ExternalSemaphore ext_sem_;
   platform::UniqueFd mem_fd_, sem_fd_;
   RegisteredPage ready_;
-  // Device ready words (`ready_words: device`): handle, range, mapping, in that order.
-  VmmHandle words_handle_;
-  VaRange words_range_;
-  VaMapping words_mapping_;
+  // Device ready words (`ready_words: device`).
+  VmmMemory words_vmm_;
   CUdeviceptr words_ = 0;
   platform::UniqueFd words_fd_;
   std::mutex mu_;
@@ -571,19 +588,10 @@ class CudaConsumer final : public ConsumerTransport {
     if (spec_.memory == MemoryKind::cuda_vmm) {
       std::size_t g = vmm_granularity(device_);
       if (bytes_ % g != 0) throw ValidationError("cuda-vmm memory size is not a multiple of the granularity");
-      CUmemGenericAllocationHandle h = 0;
-      DP_CU_CHECK(cuMemImportFromShareableHandle, &h, reinterpret_cast<void*>(static_cast<std::uintptr_t>(imp.fds[0].get())),
-                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-      handle_ = VmmHandle(h);
+      // Read-only, enforced by the GPU.
+      vmm_ = VmmMemory::import(imp.fds[0].get(), device_, bytes_, g, CU_MEM_ACCESS_FLAGS_PROT_READ);
       imp.fds[0].reset();  // the import holds the memory now
-      range_ = VaRange(bytes_, g);
-      mapping_ = VaMapping(range_, bytes_, handle_);
-      base_ = range_.base();
-      CUmemAccessDesc acc{};
-      acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      acc.location.id = device_;
-      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READ;  // read-only, enforced by the GPU
-      DP_CU_CHECK(cuMemSetAccess, base_, bytes_, &acc, 1);
+      base_ = vmm_.base();
       fence_index = 1;
     } else if (spec_.memory == MemoryKind::vulkan) {
       ext_mem_ = ExternalMemory(std::move(imp.fds[0]), bytes_, d.value("dedicated", false));
@@ -613,19 +621,9 @@ class CudaConsumer final : public ConsumerTransport {
                               " is not a positive multiple of the granularity (" + std::to_string(g) + ")");
       }
       auto& fd = imp.fds[fence_index + 1];
-      CUmemGenericAllocationHandle h = 0;
-      DP_CU_CHECK(cuMemImportFromShareableHandle, &h, reinterpret_cast<void*>(static_cast<std::uintptr_t>(fd.get())),
-                  CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-      words_handle_ = VmmHandle(h);
+      words_vmm_ = VmmMemory::import(fd.get(), device_, words_bytes_, g, CU_MEM_ACCESS_FLAGS_PROT_READWRITE);
       fd.reset();
-      words_range_ = VaRange(words_bytes_, g);
-      words_mapping_ = VaMapping(words_range_, words_bytes_, words_handle_);
-      words_ = words_range_.base();
-      CUmemAccessDesc acc{};
-      acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      acc.location.id = device_;
-      acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-      DP_CU_CHECK(cuMemSetAccess, words_, words_bytes_, &acc, 1);
+      words_ = words_vmm_.base();
     }
     DP_EXPECTS(imp.release_page != nullptr, "CUDA consumer needs its release page");
     own_base_ = static_cast<char*>(imp.release_page->data());
@@ -703,9 +701,7 @@ class CudaConsumer final : public ConsumerTransport {
   int device_ = 0;
   bool gpu_waits_ = true;  // cuda::fence_waits()
   std::size_t stride_ = 0, bytes_ = 0;
-  VmmHandle handle_;
-  VaRange range_;
-  VaMapping mapping_;
+  VmmMemory vmm_;
   RuntimeMemory runtime_;
   CUdeviceptr base_ = 0;
   ExternalMemory ext_mem_;
@@ -716,9 +712,7 @@ class CudaConsumer final : public ConsumerTransport {
   RegisteredPage ready_;
   // Device ready words (`ready_words: device`), mapped read-write (force_ready).
   std::size_t words_bytes_ = 0;
-  VmmHandle words_handle_;
-  VaRange words_range_;
-  VaMapping words_mapping_;
+  VmmMemory words_vmm_;
   CUdeviceptr words_ = 0;
   char* own_base_ = nullptr;
   RegisteredPage own_;
