@@ -30,7 +30,6 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
-#include <type_traits>
 
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/fusion.hpp"
@@ -91,17 +90,26 @@ __device__ __forceinline__ Pair ld_pair16(const void* p) {
   return h;
 }
 
+// A pair of 16-bit floats to two floats, and two floats to a pair rounded to nearest even (as
+// st() rounds), for both half types.
+__device__ __forceinline__ float2 to_float2(__half2 h) { return __half22float2(h); }
+__device__ __forceinline__ float2 to_float2(__nv_bfloat162 h) { return __bfloat1622float2(h); }
+template <typename Pair>
+__device__ __forceinline__ Pair to_pair(float a, float b);
+template <>
+__device__ __forceinline__ __half2 to_pair<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
+template <>
+__device__ __forceinline__ __nv_bfloat162 to_pair<__nv_bfloat162>(float a, float b) { return __floats2bfloat162_rn(a, b); }
+
 // Two adjacent elements (p aligned to two of them).
 template <typename T>
 __device__ __forceinline__ float2 ld2(const T* p);
 template <>
 __device__ __forceinline__ float2 ld2<float>(const float* p) { return __ldg(reinterpret_cast<const float2*>(p)); }
 template <>
-__device__ __forceinline__ float2 ld2<__half>(const __half* p) { return __half22float2(ld_pair16<__half2>(p)); }
+__device__ __forceinline__ float2 ld2<__half>(const __half* p) { return to_float2(ld_pair16<__half2>(p)); }
 template <>
-__device__ __forceinline__ float2 ld2<__nv_bfloat16>(const __nv_bfloat16* p) {
-  return __bfloat1622float2(ld_pair16<__nv_bfloat162>(p));
-}
+__device__ __forceinline__ float2 ld2<__nv_bfloat16>(const __nv_bfloat16* p) { return to_float2(ld_pair16<__nv_bfloat162>(p)); }
 
 template <typename T>
 __device__ __forceinline__ void st(T* p, float v);
@@ -118,10 +126,10 @@ __device__ __forceinline__ void st2(T* p, float a, float b);
 template <>
 __device__ __forceinline__ void st2<float>(float* p, float a, float b) { *reinterpret_cast<float2*>(p) = make_float2(a, b); }
 template <>
-__device__ __forceinline__ void st2<__half>(__half* p, float a, float b) { *reinterpret_cast<__half2*>(p) = __floats2half2_rn(a, b); }
+__device__ __forceinline__ void st2<__half>(__half* p, float a, float b) { *reinterpret_cast<__half2*>(p) = to_pair<__half2>(a, b); }
 template <>
 __device__ __forceinline__ void st2<__nv_bfloat16>(__nv_bfloat16* p, float a, float b) {
-  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(a, b);
+  *reinterpret_cast<__nv_bfloat162*>(p) = to_pair<__nv_bfloat162>(a, b);
 }
 
 // kVec = 8 adjacent elements (p aligned to 16 bytes), as ld() and st() take them one by one.
@@ -133,12 +141,7 @@ __device__ __forceinline__ void unpack8(const uint4& u, float (&v)[8]) {
   for (int k = 0; k < 4; ++k) {
     Pair h;
     std::memcpy(&h, &w[k], sizeof h);
-    float2 f;
-    if constexpr (std::is_same_v<Pair, __half2>) {
-      f = __half22float2(h);
-    } else {
-      f = __bfloat1622float2(h);
-    }
+    const float2 f = to_float2(h);
     v[2 * k] = f.x;
     v[2 * k + 1] = f.y;
   }
@@ -161,12 +164,7 @@ __device__ __forceinline__ void ld8<__nv_bfloat16>(const __nv_bfloat16* p, float
 
 template <typename Pair>
 __device__ __forceinline__ unsigned pack2(float a, float b) {
-  Pair h;
-  if constexpr (std::is_same_v<Pair, __half2>) {
-    h = __floats2half2_rn(a, b);
-  } else {
-    h = __floats2bfloat162_rn(a, b);
-  }
+  const Pair h = to_pair<Pair>(a, b);
   unsigned u;
   std::memcpy(&u, &h, sizeof u);
   return u;
