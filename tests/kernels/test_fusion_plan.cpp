@@ -250,34 +250,29 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
     EXPECT_EQ(plan::unit_group_from_env(), 8);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), 5);
   }
-  for (const char* bad : {"3", "6", "four"}) {
-    test::ScopedEnv b("DIRECTPORT_FUSION_BLOCKS", bad);
+  // The message a bad value of `var` makes `read` throw ("" and a failure where it is accepted).
+  auto rejection = [](const char* var, const char* bad, auto read) -> std::string {
+    test::ScopedEnv env(var, bad);
     try {
-      plan::blocks_per_sm_from_env();
-      ADD_FAILURE() << "DIRECTPORT_FUSION_BLOCKS=" << bad << " was accepted";
+      read();
+      ADD_FAILURE() << var << "=" << bad << " was accepted";
+      return "";
     } catch (const ValidationError& e) {
-      EXPECT_NE(std::string(e.what()).find("DIRECTPORT_FUSION_BLOCKS must be a number from 4 to 5"), std::string::npos) << e.what();
+      return e.what();
     }
+  };
+  for (const char* bad : {"3", "6", "four"}) {
+    const std::string what = rejection("DIRECTPORT_FUSION_BLOCKS", bad, plan::blocks_per_sm_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_BLOCKS must be a number from 4 to 5"), std::string::npos) << what;
   }
   for (const char* bad : {"0", "255", "16777217", "4k", "-1", "abc"}) {
-    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", bad);
-    try {
-      plan::unit_elements_from_env();
-      ADD_FAILURE() << "DIRECTPORT_FUSION_UNIT=" << bad << " was accepted";
-    } catch (const ValidationError& e) {
-      const std::string what = e.what();
-      EXPECT_NE(what.find("DIRECTPORT_FUSION_UNIT"), std::string::npos) << what;
-      EXPECT_NE(what.find(std::string("'") + bad + "'"), std::string::npos) << what;
-    }
+    const std::string what = rejection("DIRECTPORT_FUSION_UNIT", bad, plan::unit_elements_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_UNIT"), std::string::npos) << what;
+    EXPECT_NE(what.find(std::string("'") + bad + "'"), std::string::npos) << what;
   }
   for (const char* bad : {"0", "9", "two"}) {
-    test::ScopedEnv g("DIRECTPORT_FUSION_GROUP", bad);
-    try {
-      plan::unit_group_from_env();
-      ADD_FAILURE() << "DIRECTPORT_FUSION_GROUP=" << bad << " was accepted";
-    } catch (const ValidationError& e) {
-      EXPECT_NE(std::string(e.what()).find("DIRECTPORT_FUSION_GROUP must be a number from 1 to 8"), std::string::npos) << e.what();
-    }
+    const std::string what = rejection("DIRECTPORT_FUSION_GROUP", bad, plan::unit_group_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_GROUP must be a number from 1 to 8"), std::string::npos) << what;
   }
 }
 
