@@ -4,13 +4,27 @@ K others through torch.multiprocessing queues (CUDA IPC under the hood), paced a
 methods are: a paced phase (one frame at a time) for latency, an unpaced phase (two frames in
 flight at most) for frames per second.
 
-Latency (CPU clock): from the producer starting to write the frame to the consumer having read
-it (a reduction over the tensor, its stream synchronised), time.monotonic_ns() on both sides
-(CLOCK_MONOTONIC, the clock the native methods use).
+The frame is written and read as the native methods' frames are, with the same two kernels
+(libdp_bench_clock, loaded through ctypes, runs kernels/timing.hpp on torch's current stream):
+the producer's kernel stamps %globaltimer and the frame's number into the tensor's first 16
+bytes, the consumer's kernel reads them back. So the figures are:
+- latency, CPU clock: from the producer starting to write the frame to the consumer having read
+  it (its stream synchronised), time.monotonic_ns() on both sides (CLOCK_MONOTONIC, the clock the
+  native methods use);
+- latency, GPU clock: the consumer kernel's %globaltimer minus the producer kernel's stamp;
+- bad: frames whose number read back is not the one sent.
 
-Usage: handoff_torch.py --bytes N --consumers K --frames F
-Prints one JSON object: lat_cpu_us_p50, lat_cpu_us_p99, frames_per_s, cpu_us_per_frame_producer,
-cpu_us_per_frame_consumer; or {"error": ...} when torch or CUDA is not there.
+The producer does not synchronise its stream before it puts a tensor in the queues: torch
+records an event on it when it shares the tensor, and a consumer opening the tensor makes its
+stream wait on that event (torch/multiprocessing/reductions.py), so the consumer's kernel runs
+after the producer's. (A storage a consumer still holds from an earlier frame is reused without
+that wait; this consumer drops each tensor before the next, and the frame number it reads back
+would show a frame read too early.)
+
+Usage: handoff_torch.py --bytes N --consumers K --frames F --clock-lib PATH
+Prints one JSON object: lat_cpu_us_p50, lat_cpu_us_p99, lat_gpu_us_p50, lat_gpu_us_p99, bad,
+frames_per_s, cpu_us_per_frame_producer, cpu_us_per_frame_consumer; or {"error": ...} when torch,
+CUDA or the clock library is not there.
 """
 import argparse
 import json
@@ -26,22 +40,53 @@ def pct(v, p):
     return v[min(len(v) - 1, int(p * (len(v) - 1) + 0.5))]
 
 
-def consumer(index, frames, q, acks, results):
+class Clock:
+    """libdp_bench_clock through ctypes: the native methods' stamp and read kernels."""
+
+    def __init__(self, path):
+        import ctypes
+        self.lib = ctypes.CDLL(path)
+        self.lib.dp_bench_clock_stamp.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_void_p]
+        self.lib.dp_bench_clock_since.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.dp_bench_clock_stamp.restype = ctypes.c_int
+        self.lib.dp_bench_clock_since.restype = ctypes.c_int
+        self.lib.dp_bench_clock_error.restype = ctypes.c_char_p
+
+    def _check(self, rc, what):
+        if rc != 0:
+            raise RuntimeError(f"{what}: {self.lib.dp_bench_clock_error().decode()}")
+
+    def stamp(self, ptr, seq, stream):
+        self._check(self.lib.dp_bench_clock_stamp(ptr, seq, stream), "dp_bench_clock_stamp")
+
+    def since(self, ptr, out, stream):
+        self._check(self.lib.dp_bench_clock_since(ptr, out, stream), "dp_bench_clock_since")
+
+
+def consumer(index, frames, clock_lib, q, acks, results):
     import torch
     torch.cuda.set_device(0)
+    clock = Clock(clock_lib)
+    stream = torch.cuda.current_stream()
+    out = torch.zeros(2 * (2 * frames), dtype=torch.int64, device="cuda")  # [2n]: GPU-clock ns, [2n + 1]: the number read
     lat = []
     cpu_at = None
     c0 = time.process_time()
     for n in range(2 * frames):
         t, t_write = q.get()
-        t.sum(dtype=torch.int64).item()  # reads the whole tensor; .item() synchronises
+        clock.since(t.data_ptr(), out.data_ptr() + 16 * n, stream.cuda_stream)
+        stream.synchronize()
         if n < frames:
             lat.append((time.monotonic_ns() - t_write) / 1e3)
         if n == frames - 1:
             cpu_at = (time.process_time() - c0) / frames * 1e6
         del t
         acks.put(index)
-    results.put({"index": index, "lat": lat[10:] if len(lat) > 20 else lat, "cpu_us_per_frame": cpu_at})
+    o = out.cpu().tolist()
+    bad = sum(1 for n in range(2 * frames) if o[2 * n + 1] != n)
+    lat_gpu = [o[2 * n] / 1e3 for n in range(10, frames)]  # the first frames touch the mapping first
+    results.put({"index": index, "lat": lat[10:] if len(lat) > 20 else lat, "lat_gpu": lat_gpu, "bad": bad,
+                 "cpu_us_per_frame": cpu_at})
 
 
 def main() -> int:
@@ -49,7 +94,11 @@ def main() -> int:
     ap.add_argument("--bytes", type=int, required=True)
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--clock-lib", required=True, help="libdp_bench_clock.so (built in build/lib)")
     a = ap.parse_args()
+    if a.bytes < 16:
+        print(json.dumps({"error": f"--bytes {a.bytes}: a frame holds a 16-byte stamp, so at least 16"}))
+        return 0
     try:
         import torch
         import torch.multiprocessing as mp
@@ -59,14 +108,20 @@ def main() -> int:
     if not torch.cuda.is_available():
         print(json.dumps({"error": "torch sees no CUDA device"}))
         return 0
+    try:
+        clock = Clock(a.clock_lib)
+    except OSError as e:
+        print(json.dumps({"error": f"cannot load the GPU clock library {a.clock_lib}: {e}"}))
+        return 0
     ctx = mp.get_context("spawn")
     queues = [ctx.Queue() for _ in range(a.consumers)]
     acks = ctx.Queue()
     results = ctx.Queue()
-    procs = [ctx.Process(target=consumer, args=(i, a.frames, queues[i], acks, results)) for i in range(a.consumers)]
+    procs = [ctx.Process(target=consumer, args=(i, a.frames, a.clock_lib, queues[i], acks, results)) for i in range(a.consumers)]
     for p in procs:
         p.start()
     torch.cuda.set_device(0)
+    stream = torch.cuda.current_stream()
     done = [0] * a.consumers  # frames each consumer has finished
     keep = []  # the producer keeps each tensor alive until every consumer has finished it
 
@@ -77,8 +132,7 @@ def main() -> int:
     def one(n):
         t_write = time.monotonic_ns()
         t = torch.empty(a.bytes, dtype=torch.uint8, device="cuda")
-        t.fill_(n & 0xFF)
-        torch.cuda.current_stream().synchronize()  # the consumers must see the written tensor
+        clock.stamp(t.data_ptr(), n, stream.cuda_stream)  # what the native producers write
         for q in queues:
             q.put((t, t_write))
         keep.append(t)
@@ -101,10 +155,14 @@ def main() -> int:
     for p in procs:
         p.join(timeout=60)
     lat_p50 = sorted(pct(r["lat"], 0.5) for r in res)
+    lat_gpu_p50 = sorted(pct(r["lat_gpu"], 0.5) for r in res)
     print(json.dumps({
         "torch": torch.__version__,
         "lat_cpu_us_p50": pct(lat_p50, 0.5),
         "lat_cpu_us_p99": max(pct(r["lat"], 0.99) for r in res),
+        "lat_gpu_us_p50": pct(lat_gpu_p50, 0.5),
+        "lat_gpu_us_p99": max(pct(r["lat_gpu"], 0.99) for r in res),
+        "bad": sum(r["bad"] for r in res),
         "frames_per_s": a.frames / secs,
         "cpu_us_per_frame_producer": cpu_p,
         "cpu_us_per_frame_consumer": pct([r["cpu_us_per_frame"] for r in res], 0.5),
