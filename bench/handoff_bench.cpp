@@ -11,6 +11,9 @@
 //               each frame; the consumer opens, reads and closes it every time
 //   torch       a CUDA tensor sent through torch.multiprocessing queues (bench/handoff_torch.py)
 //   host        DirectPort's host backend (CPU memory, futex fences), no GPU involved
+//   floor       no handoff at all: one process launches the producer's kernel and the consumer's
+//               on one stream and synchronises (K = 1 only): the least a GPU method's CPU-clock
+//               latency can be on this card and driver, against which the others are read
 //
 // Every method runs the same two phases with the same pacing (a shared "acks" word, futex
 // waits): a paced phase, one frame at a time (the producer waits for every consumer to finish a
@@ -18,8 +21,9 @@
 // two frames in flight (frames per second of a lossless handoff).
 //   - latency (CPU clock, every method): from the producer starting to write the frame to the
 //     consumer having read it (its stream synchronised): CLOCK_MONOTONIC on both sides;
-//   - latency (GPU clock, GPU methods but torch): %globaltimer stamped by the producer's kernel
-//     into the frame, read by the consumer's kernel once it can read the frame;
+//   - latency (GPU clock, every GPU method): %globaltimer stamped by the producer's kernel into
+//     the frame, read by the consumer's kernel once it can read the frame (torch runs the same two
+//     kernels through bench/clock_module.cpp);
 //   - CPU time per frame: process CPU time (user + system) over the paced phase / frames.
 #include <signal.h>
 #include <sys/resource.h>
@@ -60,7 +64,7 @@ using json = nlohmann::json;
 namespace {
 
 constexpr std::uint64_t kRing = 3;
-const std::vector<std::string> kMethods{"directport", "d2d", "staging", "ipc-open", "torch", "host"};
+const std::vector<std::string> kMethods{"directport", "d2d", "staging", "ipc-open", "torch", "host", "floor"};
 
 // The bench's own shared page: pacing and, for staging and ipc-open, the handoff itself.
 struct Page {
@@ -319,6 +323,46 @@ int consumer(const Role& r) {
   return 0;
 }
 
+// floor: the producer's stamp kernel and the consumer's read kernel, one after the other on one
+// stream of one process, then a synchronisation, frame after frame. Nothing is handed over, so
+// this is what every GPU method's CPU-clock latency contains before its handoff costs anything.
+int floor_role(const Role& r) {
+  Cuda cu;
+  void* buf = nullptr;
+  DP_CUDA_CHECK(cudaMalloc(&buf, r.bytes));
+  std::uint64_t* host = nullptr;  // [2 * seq]: GPU-clock latency, [2 * seq + 1]: the seq read
+  std::uint64_t* dev = nullptr;
+  DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), (r.frames + 1) * 2 * sizeof(std::uint64_t), cudaHostAllocMapped));
+  DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
+  std::vector<double> lat_cpu;
+  const double c0 = cpu_seconds();
+  const auto t0 = platform::monotonic_ns();
+  for (std::uint64_t seq = 1; seq <= r.frames; ++seq) {
+    const auto t_write = platform::monotonic_ns();
+    kernels::stamp_time_gpu(static_cast<std::uint64_t*>(buf), seq, cu.gs());
+    kernels::measure_since_gpu(static_cast<const std::uint64_t*>(buf), dev + 2 * seq, cu.gs());
+    DP_CUDA_CHECK(cudaStreamSynchronize(cu.s));
+    lat_cpu.push_back(double(platform::monotonic_ns() - t_write) / 1e3);
+  }
+  const double secs = double(platform::monotonic_ns() - t0) / 1e9;
+  const double cpu_per_frame_us = (cpu_seconds() - c0) / double(r.frames) * 1e6;
+  std::uint64_t bad = 0;
+  std::vector<double> lat_gpu;
+  for (std::uint64_t seq = 1; seq <= r.frames; ++seq) {
+    if (host[2 * seq + 1] != seq) ++bad;
+    if (seq > 10) lat_gpu.push_back(double(host[2 * seq]) / 1e3);
+  }
+  if (lat_cpu.size() > 20) lat_cpu.erase(lat_cpu.begin(), lat_cpu.begin() + 10);
+  std::cout << json{{"lat_cpu_us_p50", pct(lat_cpu, 0.5)}, {"lat_cpu_us_p99", pct(lat_cpu, 0.99)},
+                    {"lat_gpu_us_p50", pct(lat_gpu, 0.5)}, {"lat_gpu_us_p99", pct(lat_gpu, 0.99)},
+                    {"frames_per_s", double(r.frames) / secs}, {"cpu_us_per_frame", cpu_per_frame_us}, {"bad", bad}}
+                   .dump()
+            << std::endl;
+  cudaFreeHost(host);
+  cudaFree(buf);
+  return 0;
+}
+
 // ------------------------------------------------------------------------------------- driver
 
 json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames, std::uint64_t spin_us) {
@@ -382,11 +426,30 @@ json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k,
   return row;
 }
 
+json run_floor(std::uint64_t bytes, std::uint64_t frames) {
+  json row{{"method", "floor"}, {"bytes", bytes}, {"consumers", 1}, {"frames", frames}};
+  auto c = platform::Child::spawn({"/proc/self/exe", "--role", "floor", "--bytes", std::to_string(bytes), "--frames", std::to_string(frames)},
+                                  {/*capture_stdout=*/true});
+  auto rc = c.wait_for(std::chrono::seconds(300));
+  if (!rc) {
+    c.signal(SIGKILL);
+    c.wait_for(std::chrono::seconds(5));
+  }
+  auto j = json::parse(c.output(), nullptr, false);
+  if (!rc || *rc != 0 || !j.is_object()) {
+    row["ok"] = false;
+    return row;
+  }
+  for (auto& [key, v] : j.items()) row[key == "cpu_us_per_frame" ? "cpu_us_per_frame_producer" : key] = v;
+  row["ok"] = j.value("bad", std::uint64_t(1)) == 0;
+  return row;
+}
+
 json run_torch(const std::string& python, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames) {
   json row{{"method", "torch"}, {"bytes", bytes}, {"consumers", k}, {"frames", frames}};
   try {
     auto c = platform::Child::spawn({python, DP_BENCH_DIR "/handoff_torch.py", "--bytes", std::to_string(bytes), "--consumers",
-                                     std::to_string(k), "--frames", std::to_string(frames)},
+                                     std::to_string(k), "--frames", std::to_string(frames), "--clock-lib", DP_BENCH_CLOCK_LIB},
                                     {true, false});
     auto rc = c.wait_for(std::chrono::seconds(600));
     if (!rc) {
@@ -402,7 +465,7 @@ json run_torch(const std::string& python, std::uint64_t bytes, std::uint64_t k, 
       return row;
     }
     for (auto& [key, v] : j.items()) row[key] = v;
-    row["ok"] = true;
+    row["ok"] = j.value("bad", std::uint64_t(1)) == 0;
   } catch (const std::exception& e) {
     row["ok"] = false;
     row["skipped"] = std::string("could not run ") + python + ": " + e.what();
@@ -475,7 +538,8 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
                               : bytes >= (64u << 20)  ? std::min<std::uint64_t>(frames, 300)
                                                       : frames;
       for (auto& m : methods) {
-        json row = m == "torch" ? run_torch(python, bytes, k, f) : run_native(m, bytes, k, f, spin_us);
+        if (m == "floor" && k != 1) continue;  // one process: no consumers to count
+        json row = m == "torch" ? run_torch(python, bytes, k, f) : m == "floor" ? run_floor(bytes, f) : run_native(m, bytes, k, f, spin_us);
         row["card"] = card;
         row["size"] = ss;
         if (!row.value("ok", false)) {
@@ -497,7 +561,7 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
   json ratios = json::array();
   std::printf("\nlatency ratio peer / directport (CPU-clock p50; GPU-clock p50 in brackets)\n");
   for (auto& r : rows) {
-    if (r["method"] == "directport" || !r.value("ok", false)) continue;
+    if (r["method"] == "directport" || r["method"] == "floor" || !r.value("ok", false)) continue;
     for (auto& d : rows) {
       if (d["method"] != "directport" || !d.value("ok", false) || d["bytes"] != r["bytes"] || d["consumers"] != r["consumers"]) continue;
       json q{{"method", r["method"]}, {"bytes", r["bytes"]}, {"consumers", r["consumers"]},
@@ -517,12 +581,12 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
 
 int main(int argc, char** argv) {
   CLI::App app{"dp_bench_handoff: one tensor from a producer process to K consumer processes, six ways, one run"};
-  std::string methods = "directport,d2d,staging,ipc-open,torch,host", sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8";
+  std::string methods = "directport,d2d,staging,ipc-open,torch,host,floor", sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8";
   std::string json_path, csv_path, python = "python3";
   std::uint64_t frames = 1000;
   Role role;
   std::string role_name;
-  app.add_option("--methods", methods, "comma list of: directport, d2d, staging, ipc-open, torch, host");
+  app.add_option("--methods", methods, "comma list of: directport, d2d, staging, ipc-open, torch, host, floor");
   app.add_option("--sizes", sizes, "comma list of sizes: N, NK, NM, NG");
   app.add_option("--consumers", consumers, "comma list of consumer counts");
   app.add_option("--frames", frames, "frames per phase (paced, then unpaced); at most 300 from 64M, 60 from 256M, 30 at 1G")->check(CLI::Range(20, 10000000));
@@ -546,12 +610,13 @@ int main(int argc, char** argv) {
       role.frames = frames;
       if (role_name == "producer") return producer(role);
       if (role_name == "consumer") return consumer(role);
+      if (role_name == "floor") return floor_role(role);
       throw ValidationError("unknown role '" + role_name + "'");
     }
     auto ms = split(methods);
     for (auto& m : ms) {
       if (std::find(kMethods.begin(), kMethods.end(), m) == kMethods.end()) {
-        throw ValidationError("--methods: unknown method '" + m + "' (known: directport, d2d, staging, ipc-open, torch, host)");
+        throw ValidationError("--methods: unknown method '" + m + "' (known: directport, d2d, staging, ipc-open, torch, host, floor)");
       }
     }
     auto ss = split(sizes);

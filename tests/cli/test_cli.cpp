@@ -23,6 +23,9 @@
 #include <nlohmann/json.hpp>
 
 #include "directport/core/discovery.hpp"
+#if DIRECTPORT_HAS_CUDA
+#include "directport/cuda/driver.hpp"
+#endif
 #include "directport/platform/child.hpp"
 #include "support/fixtures.hpp"
 #include "support/launch.hpp"
@@ -211,6 +214,51 @@ TEST_F(CliMP, BenchRunsTheHostMethodAndWritesJsonAndCsv) {
   ASSERT_EQ(sj["rows"].size(), 1u) << sj.dump(2);
   EXPECT_TRUE(sj["rows"][0]["ok"].get<bool>()) << sj.dump(2);
   EXPECT_EQ(sj["rows"][0]["bad"], 0);
+}
+
+// On the GPU: DirectPort, the torch.multiprocessing peer and the floor (no handoff) at one size.
+// Every row's frames are checked by their consumers (bad = 0), and every row has both clocks: the
+// torch peer's GPU clock comes from the native kernels it loads through ctypes
+// (bench/clock_module.cpp). Figures are not judged here.
+class GpuBench : public CliMP {};
+
+TEST_F(GpuBench, DirectPortTorchAndFloorRowsCarryBothClocks) {
+#if DIRECTPORT_HAS_CUDA
+  if (!cuda::availability().usable) GTEST_SKIP() << "no usable CUDA device: " << cuda::availability().reason;
+#else
+  GTEST_SKIP() << "built without CUDA (DIRECTPORT_WITH_CUDA=OFF)";
+#endif
+  const std::string out = dir_ + "/bench-gpu.json";
+  files_.push_back(out);
+  auto r = cli({"bench", "--methods", "directport,torch,floor", "--sizes", "4K", "--consumers", "1", "--frames", "60",
+                "--json", out},
+               true, 80s);
+  if (r.rc == 2 && has(r.out, "is not there")) GTEST_SKIP() << "dp_bench_handoff is not built: " << r.out;
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream jf(out);
+  auto j = json::parse(jf, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << r.out;
+  EXPECT_EQ(j["complete"], true);
+  ASSERT_EQ(j["rows"].size(), 3u) << j.dump(2);
+  std::string torch_skipped;
+  for (auto& row : j["rows"]) {
+    if (row["method"] == "torch" && row.contains("skipped")) {
+      torch_skipped = row["skipped"].get<std::string>();
+      continue;
+    }
+    EXPECT_TRUE(row["ok"].get<bool>()) << row.dump();
+    EXPECT_EQ(row["bad"], 0) << "a consumer read a frame that is not the one sent: " << row.dump();
+    for (const char* key : {"lat_cpu_us_p50", "lat_cpu_us_p99", "lat_gpu_us_p50", "lat_gpu_us_p99", "frames_per_s"}) {
+      ASSERT_TRUE(row[key].is_number()) << key << " missing: " << row.dump();
+      EXPECT_GT(row[key].get<double>(), 0.0) << key << ": " << row.dump();
+    }
+    EXPECT_GE(row["lat_gpu_us_p99"].get<double>(), row["lat_gpu_us_p50"].get<double>()) << row.dump();
+  }
+  // The ratios pair each peer with DirectPort at its size; the floor is not a peer.
+  for (auto& q : j["ratios"]) EXPECT_NE(q["method"], "floor") << q.dump();
+  if (!torch_skipped.empty()) GTEST_SKIP() << "the torch peer did not run: " << torch_skipped;
+  ASSERT_EQ(j["ratios"].size(), 1u) << j.dump(2);
+  EXPECT_TRUE(j["ratios"][0]["lat_gpu_ratio"].is_number()) << j.dump(2);
 }
 
 TEST_F(CliMP, HelpListsEverySubcommand) {
