@@ -1,5 +1,5 @@
 // dp_bench_handoff (behind `directport bench`): the same handoff of a tensor from one process to
-// K others, done six ways, measured in one run on one card.
+// K others, done six ways, measured in one run on one card, beside the floor (no handoff).
 //
 //   directport  DirectPort, cuda-vmm memory and mem-op fences: the producer writes into the slot,
 //               the consumers read the same VRAM (zero copies)
@@ -580,7 +580,7 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"dp_bench_handoff: one tensor from a producer process to K consumer processes, six ways, one run"};
+  CLI::App app{"dp_bench_handoff: one tensor from a producer process to K consumer processes, six ways and the floor (no handoff), one run"};
   std::string methods = "directport,d2d,staging,ipc-open,torch,host,floor", sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8";
   std::string json_path, csv_path, python = "python3";
   std::uint64_t frames = 1000;
