@@ -445,11 +445,11 @@ json run_floor(std::uint64_t bytes, std::uint64_t frames) {
   return row;
 }
 
-json run_torch(const std::string& python, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames) {
+json run_torch(const std::string& python, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames, std::uint64_t spin_us) {
   json row{{"method", "torch"}, {"bytes", bytes}, {"consumers", k}, {"frames", frames}};
   try {
     auto c = platform::Child::spawn({python, DP_BENCH_DIR "/handoff_torch.py", "--bytes", std::to_string(bytes), "--consumers",
-                                     std::to_string(k), "--frames", std::to_string(frames), "--clock-lib", DP_BENCH_CLOCK_LIB},
+                                     std::to_string(k), "--frames", std::to_string(frames), "--clock-lib", DP_BENCH_CLOCK_LIB, "--spin-us", std::to_string(spin_us)},
                                     {true, false});
     auto rc = c.wait_for(std::chrono::seconds(600));
     if (!rc) {
@@ -539,7 +539,7 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
                                                       : frames;
       for (auto& m : methods) {
         if (m == "floor" && k != 1) continue;  // one process: no consumers to count
-        json row = m == "torch" ? run_torch(python, bytes, k, f) : m == "floor" ? run_floor(bytes, f) : run_native(m, bytes, k, f, spin_us);
+        json row = m == "torch" ? run_torch(python, bytes, k, f, spin_us) : m == "floor" ? run_floor(bytes, f) : run_native(m, bytes, k, f, spin_us);
         row["card"] = card;
         row["size"] = ss;
         if (!row.value("ok", false)) {
@@ -595,7 +595,7 @@ int main(int argc, char** argv) {
   app.add_option("--python", python, "python with torch, for the torch method");
   app.add_option("--spin-us", role.spin_us,
                  "consumers poll for a frame this many microseconds before they sleep (default 0: every method "
-                 "sleeps in a futex; the torch method's queue always blocks)")
+                 "sleeps in a futex; the torch method's consumers poll their queue as long, then block in it)")
       ->check(CLI::Range(0, 1000000));
   // Internal: the processes the driver starts.
   app.add_option("--role", role_name)->group("");

@@ -14,14 +14,19 @@ bytes, the consumer's kernel reads them back. So the figures are:
 - latency, GPU clock: the consumer kernel's %globaltimer minus the producer kernel's stamp;
 - bad: frames whose number read back is not the one sent.
 
-The producer does not synchronise its stream before it puts a tensor in the queues: torch
-records an event on it when it shares the tensor, and a consumer opening the tensor makes its
-stream wait on that event (torch/multiprocessing/reductions.py), so the consumer's kernel runs
-after the producer's. (A storage a consumer still holds from an earlier frame is reused without
+The producer does not synchronise its stream before it puts a tensor in the queues: when torch
+shares the tensor (in the queue's feeder thread) it records an event on that thread's current
+stream, the device's default stream, which is the stream the producer stamps on here; a consumer
+opening the tensor makes its current stream wait on that event
+(torch/multiprocessing/reductions.py), so the consumer's kernel runs after the producer's. (A
+producer writing on another stream would have to synchronise, or share from that stream.) (A storage a consumer still holds from an earlier frame is reused without
 that wait; this consumer drops each tensor before the next, and the frame number it reads back
 would show a frame read too early.)
 
-Usage: handoff_torch.py --bytes N --consumers K --frames F --clock-lib PATH
+With --spin-us, consumers poll their queue that long before they block, as the native consumers
+poll for a frame.
+
+Usage: handoff_torch.py --bytes N --consumers K --frames F --clock-lib PATH [--spin-us N]
 Prints one JSON object: lat_cpu_us_p50, lat_cpu_us_p99, lat_gpu_us_p50, lat_gpu_us_p99, bad,
 frames_per_s, cpu_us_per_frame_producer, cpu_us_per_frame_consumer; or {"error": ...} when torch,
 CUDA or the clock library is not there.
@@ -63,7 +68,21 @@ class Clock:
         self._check(self.lib.dp_bench_clock_since(ptr, out, stream), "dp_bench_clock_since")
 
 
-def consumer(index, frames, clock_lib, q, acks, results):
+def receive(q, spin_us):
+    """The next item of q: polled for spin_us microseconds (as the native consumers poll with
+    --spin-us), then waited for."""
+    if spin_us > 0:
+        import queue
+        until = time.monotonic_ns() + spin_us * 1000
+        while time.monotonic_ns() < until:
+            try:
+                return q.get_nowait()
+            except queue.Empty:
+                pass
+    return q.get()
+
+
+def consumer(index, frames, spin_us, clock_lib, q, acks, results):
     import torch
     torch.cuda.set_device(0)
     clock = Clock(clock_lib)
@@ -73,7 +92,7 @@ def consumer(index, frames, clock_lib, q, acks, results):
     cpu_at = None
     c0 = time.process_time()
     for n in range(2 * frames):
-        t, t_write = q.get()
+        t, t_write = receive(q, spin_us)
         clock.since(t.data_ptr(), out.data_ptr() + 16 * n, stream.cuda_stream)
         stream.synchronize()
         if n < frames:
@@ -83,7 +102,7 @@ def consumer(index, frames, clock_lib, q, acks, results):
         del t
         acks.put(index)
     o = out.cpu().tolist()
-    bad = sum(1 for n in range(2 * frames) if o[2 * n + 1] != n)
+    bad = sum(1 for n in range(2 * frames) if o[2 * n + 1] != n + 1)
     lat_gpu = [o[2 * n] / 1e3 for n in range(10, frames)]  # the first frames touch the mapping first
     results.put({"index": index, "lat": lat[10:] if len(lat) > 20 else lat, "lat_gpu": lat_gpu, "bad": bad,
                  "cpu_us_per_frame": cpu_at})
@@ -94,6 +113,7 @@ def main() -> int:
     ap.add_argument("--bytes", type=int, required=True)
     ap.add_argument("--consumers", type=int, default=1)
     ap.add_argument("--frames", type=int, default=1000)
+    ap.add_argument("--spin-us", type=int, default=0, help="consumers poll their queue this long before they block")
     ap.add_argument("--clock-lib", required=True, help="libdp_bench_clock.so (built in build/lib)")
     a = ap.parse_args()
     if a.bytes < 16:
@@ -117,7 +137,9 @@ def main() -> int:
     queues = [ctx.Queue() for _ in range(a.consumers)]
     acks = ctx.Queue()
     results = ctx.Queue()
-    procs = [ctx.Process(target=consumer, args=(i, a.frames, a.clock_lib, queues[i], acks, results)) for i in range(a.consumers)]
+    # Daemons: if the producer fails, its exit ends the consumers instead of waiting for them.
+    procs = [ctx.Process(target=consumer, args=(i, a.frames, a.spin_us, a.clock_lib, queues[i], acks, results), daemon=True)
+             for i in range(a.consumers)]
     for p in procs:
         p.start()
     torch.cuda.set_device(0)
@@ -132,7 +154,7 @@ def main() -> int:
     def one(n):
         t_write = time.monotonic_ns()
         t = torch.empty(a.bytes, dtype=torch.uint8, device="cuda")
-        clock.stamp(t.data_ptr(), n, stream.cuda_stream)  # what the native producers write
+        clock.stamp(t.data_ptr(), n + 1, stream.cuda_stream)  # what the native producers write (numbers from 1)
         for q in queues:
             q.put((t, t_write))
         keep.append(t)
