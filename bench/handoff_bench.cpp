@@ -66,6 +66,13 @@ namespace {
 constexpr std::uint64_t kRing = 3;
 const std::vector<std::string> kMethods{"directport", "d2d", "staging", "ipc-open", "torch", "host", "floor"};
 
+// kMethods joined with `sep`.
+std::string method_list(const char* sep) {
+  std::string out;
+  for (const auto& m : kMethods) out += (out.empty() ? "" : sep) + m;
+  return out;
+}
+
 // The bench's own shared page: pacing and, for staging and ipc-open, the handoff itself.
 struct Page {
   protocol::AtomicU64 acks[64];          // frames finished, per consumer
@@ -365,6 +372,19 @@ int floor_role(const Role& r) {
 
 // ------------------------------------------------------------------------------------- driver
 
+// Waits for a role process (killed after 300 s), clears `ok` unless it exited 0, and returns the
+// JSON object it printed (null if none).
+json collect_json(platform::Child& c, bool& ok) {
+  auto rc = c.wait_for(std::chrono::seconds(300));
+  if (!rc) {
+    c.signal(SIGKILL);
+    c.wait_for(std::chrono::seconds(5));
+  }
+  ok = ok && rc && *rc == 0;
+  auto j = json::parse(c.output(), nullptr, false);
+  return j.is_discarded() ? json() : j;
+}
+
 json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames, std::uint64_t spin_us) {
   const std::string domain = "hb" + std::to_string(::getpid()) + "-" + method + "-" + std::to_string(bytes) + "-" + std::to_string(k);
   const std::size_t page_bytes = kPageBytes + (method == "staging" ? kRing * bytes : 0);
@@ -382,16 +402,7 @@ json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k,
   std::vector<platform::Child> cons;
   for (std::uint64_t i = 0; i < k; ++i) cons.push_back(spawn({"--role", "consumer", "--index", std::to_string(i)}));
   bool ok = true;
-  auto collect = [&](platform::Child& c) {
-    auto rc = c.wait_for(std::chrono::seconds(300));
-    if (!rc) {
-      c.signal(SIGKILL);
-      c.wait_for(std::chrono::seconds(5));
-    }
-    ok = ok && rc && *rc == 0;
-    auto j = json::parse(c.output(), nullptr, false);
-    return j.is_discarded() ? json() : j;
-  };
+  auto collect = [&](platform::Child& c) { return collect_json(c, ok); };
   std::vector<json> cj;
   for (auto& c : cons) cj.push_back(collect(c));
   if (!ok) prod.signal(SIGKILL);
@@ -430,13 +441,9 @@ json run_floor(std::uint64_t bytes, std::uint64_t frames) {
   json row{{"method", "floor"}, {"bytes", bytes}, {"consumers", 1}, {"frames", frames}};
   auto c = platform::Child::spawn({"/proc/self/exe", "--role", "floor", "--bytes", std::to_string(bytes), "--frames", std::to_string(frames)},
                                   {/*capture_stdout=*/true});
-  auto rc = c.wait_for(std::chrono::seconds(300));
-  if (!rc) {
-    c.signal(SIGKILL);
-    c.wait_for(std::chrono::seconds(5));
-  }
-  auto j = json::parse(c.output(), nullptr, false);
-  if (!rc || *rc != 0 || !j.is_object()) {
+  bool ok = true;
+  json j = collect_json(c, ok);
+  if (!ok || !j.is_object()) {
     row["ok"] = false;
     return row;
   }
@@ -581,12 +588,12 @@ int driver(const std::vector<std::string>& methods, const std::vector<std::strin
 
 int main(int argc, char** argv) {
   CLI::App app{"dp_bench_handoff: one tensor from a producer process to K consumer processes, six ways and the floor (no handoff), one run"};
-  std::string methods = "directport,d2d,staging,ipc-open,torch,host,floor", sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8";
+  std::string methods = method_list(","), sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8";
   std::string json_path, csv_path, python = "python3";
   std::uint64_t frames = 1000;
   Role role;
   std::string role_name;
-  app.add_option("--methods", methods, "comma list of: directport, d2d, staging, ipc-open, torch, host, floor");
+  app.add_option("--methods", methods, "comma list of: " + method_list(", "));
   app.add_option("--sizes", sizes, "comma list of sizes: N, NK, NM, NG");
   app.add_option("--consumers", consumers, "comma list of consumer counts");
   app.add_option("--frames", frames, "frames per phase (paced, then unpaced); at most 300 from 64M, 60 from 256M, 30 at 1G")->check(CLI::Range(20, 10000000));
@@ -616,7 +623,7 @@ int main(int argc, char** argv) {
     auto ms = split(methods);
     for (auto& m : ms) {
       if (std::find(kMethods.begin(), kMethods.end(), m) == kMethods.end()) {
-        throw ValidationError("--methods: unknown method '" + m + "' (known: directport, d2d, staging, ipc-open, torch, host, floor)");
+        throw ValidationError("--methods: unknown method '" + m + "' (known: " + method_list(", ") + ")");
       }
     }
     auto ss = split(sizes);
