@@ -34,6 +34,7 @@ CUDA or the clock library is not there.
 import argparse
 import json
 import os
+import queue
 import sys
 import time
 
@@ -72,7 +73,6 @@ def receive(q, spin_us):
     """The next item of q: polled for spin_us microseconds (as the native consumers poll with
     --spin-us), then waited for."""
     if spin_us > 0:
-        import queue
         until = time.monotonic_ns() + spin_us * 1000
         while time.monotonic_ns() < until:
             try:
