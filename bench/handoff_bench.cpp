@@ -217,6 +217,52 @@ int producer(const Role& r) {
   return 0;
 }
 
+// What a consumer's read kernel (or, for the host method, its CPU) recorded of frames 1..n:
+// [2 * seq] the latency in ns, [2 * seq + 1] the seq the frame carried. Host-mapped where a GPU
+// kernel writes it.
+class Records {
+ public:
+  Records(std::uint64_t n, bool mapped) : mapped_(mapped) {
+    const std::size_t words = (n + 1) * 2;
+    if (mapped_) {
+      DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host_), words * sizeof(std::uint64_t), cudaHostAllocMapped));
+      DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev_), host_, 0));
+    } else {
+      plain_.resize(words);
+      host_ = plain_.data();
+    }
+  }
+  ~Records() {
+    if (mapped_) cudaFreeHost(host_);
+  }
+  Records(const Records&) = delete;
+  Records& operator=(const Records&) = delete;
+  std::uint64_t* host(std::uint64_t seq) { return host_ + 2 * seq; }
+  std::uint64_t* dev(std::uint64_t seq) { return dev_ + 2 * seq; }
+  // Frames 1..last: those that carried the wrong seq are added to `bad`; the latencies in µs of
+  // all but the first kWarmup (which touch the mapping and the kernels first).
+  std::vector<double> latencies_us(std::uint64_t last, std::uint64_t& bad) const {
+    std::vector<double> lat;
+    for (std::uint64_t seq = 1; seq <= last; ++seq) {
+      if (host_[2 * seq + 1] != seq) ++bad;
+      if (seq > kWarmup) lat.push_back(double(host_[2 * seq]) / 1e3);
+    }
+    return lat;
+  }
+  static constexpr std::uint64_t kWarmup = 10;
+
+ private:
+  bool mapped_;
+  std::uint64_t* host_ = nullptr;
+  std::uint64_t* dev_ = nullptr;
+  std::vector<std::uint64_t> plain_;
+};
+
+// CPU-clock latencies of a paced phase, less the first Records::kWarmup where there are enough.
+void drop_warmup(std::vector<double>& lat) {
+  if (lat.size() > 2 * Records::kWarmup) lat.erase(lat.begin(), lat.begin() + Records::kWarmup);
+}
+
 int consumer(const Role& r) {
   auto seg = platform::Segment::open_named(page_name(r.domain), platform::Access::read_write);
   auto& pg = *static_cast<Page*>(seg.data());
@@ -225,16 +271,7 @@ int consumer(const Role& r) {
   std::unique_ptr<Cuda> cu;
   if (gpu) cu = std::make_unique<Cuda>();
   const std::uint64_t n = 2 * r.frames;
-  std::uint64_t* host = nullptr;  // [2 * seq]: GPU-clock latency, [2 * seq + 1]: the seq read
-  std::uint64_t* dev = nullptr;
-  std::vector<std::uint64_t> host_only;
-  if (gpu) {
-    DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), (n + 1) * 2 * sizeof(std::uint64_t), cudaHostAllocMapped));
-    DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
-  } else {
-    host_only.resize((n + 1) * 2);
-    host = host_only.data();
-  }
+  Records rec(n, gpu);
   std::optional<Subscriber> sub;
   if (dp_stream) {
     SubscribeOptions o;
@@ -273,13 +310,13 @@ int consumer(const Role& r) {
       }
       if (f->seq != seq) ++bad;
       if (gpu) {
-        kernels::measure_since_gpu(static_cast<const std::uint64_t*>(f->data), dev + 2 * seq, cu->gs());
+        kernels::measure_since_gpu(static_cast<const std::uint64_t*>(f->data), rec.dev(seq), cu->gs());
         sub->release(*f, cu->gs());
         DP_CUDA_CHECK(cudaStreamSynchronize(cu->s));
       } else {
         const auto* w = static_cast<const std::uint64_t*>(f->data);
-        host[2 * seq] = static_cast<std::uint64_t>(platform::monotonic_ns()) - w[0];
-        host[2 * seq + 1] = w[1];
+        rec.host(seq)[0] = static_cast<std::uint64_t>(platform::monotonic_ns()) - w[0];
+        rec.host(seq)[1] = w[1];
         sub->release(*f);
       }
     } else {
@@ -289,12 +326,12 @@ int consumer(const Role& r) {
       while (pg.ready.load(std::memory_order_acquire) < seq) fence::host_wait(pg.ready, seq, std::chrono::seconds(30));
       if (r.method == "staging") {
         DP_CUDA_CHECK(cudaMemcpyAsync(dst, staging + slot * r.bytes, r.bytes, cudaMemcpyHostToDevice, cu->s));
-        kernels::measure_since_gpu(static_cast<const std::uint64_t*>(dst), dev + 2 * seq, cu->gs());
+        kernels::measure_since_gpu(static_cast<const std::uint64_t*>(dst), rec.dev(seq), cu->gs());
         DP_CUDA_CHECK(cudaStreamSynchronize(cu->s));
       } else {  // ipc-open
         void* p = nullptr;
         DP_CUDA_CHECK(cudaIpcOpenMemHandle(&p, pg.ipc[slot], cudaIpcMemLazyEnablePeerAccess));
-        kernels::measure_since_gpu(static_cast<const std::uint64_t*>(p), dev + 2 * seq, cu->gs());
+        kernels::measure_since_gpu(static_cast<const std::uint64_t*>(p), rec.dev(seq), cu->gs());
         DP_CUDA_CHECK(cudaStreamSynchronize(cu->s));
         DP_CUDA_CHECK(cudaIpcCloseMemHandle(p));
       }
@@ -304,12 +341,8 @@ int consumer(const Role& r) {
     if (seq == r.frames) cpu_per_frame_us = (cpu_seconds() - c0) / double(r.frames) * 1e6;
     ack(pg, r.index);
   }
-  std::vector<double> lat_gpu;
-  for (std::uint64_t seq = 11; seq <= r.frames; ++seq) {  // the first frames touch the mapping first
-    if (host[2 * seq + 1] != seq) ++bad;
-    lat_gpu.push_back(double(host[2 * seq]) / 1e3);
-  }
-  if (lat_cpu.size() > 20) lat_cpu.erase(lat_cpu.begin(), lat_cpu.begin() + 10);
+  const std::vector<double> lat_gpu = rec.latencies_us(r.frames, bad);
+  drop_warmup(lat_cpu);
   json out{{"role", "consumer"},
            {"index", r.index},
            {"lat_cpu_us_p50", pct(lat_cpu, 0.5)},
@@ -326,7 +359,6 @@ int consumer(const Role& r) {
     cudaHostUnregister(staging);
     cudaFree(dst);
   }
-  if (gpu) cudaFreeHost(host);
   return 0;
 }
 
@@ -337,35 +369,27 @@ int floor_role(const Role& r) {
   Cuda cu;
   void* buf = nullptr;
   DP_CUDA_CHECK(cudaMalloc(&buf, r.bytes));
-  std::uint64_t* host = nullptr;  // [2 * seq]: GPU-clock latency, [2 * seq + 1]: the seq read
-  std::uint64_t* dev = nullptr;
-  DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), (r.frames + 1) * 2 * sizeof(std::uint64_t), cudaHostAllocMapped));
-  DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
+  Records rec(r.frames, true);
   std::vector<double> lat_cpu;
   const double c0 = cpu_seconds();
   const auto t0 = platform::monotonic_ns();
   for (std::uint64_t seq = 1; seq <= r.frames; ++seq) {
     const auto t_write = platform::monotonic_ns();
     kernels::stamp_time_gpu(static_cast<std::uint64_t*>(buf), seq, cu.gs());
-    kernels::measure_since_gpu(static_cast<const std::uint64_t*>(buf), dev + 2 * seq, cu.gs());
+    kernels::measure_since_gpu(static_cast<const std::uint64_t*>(buf), rec.dev(seq), cu.gs());
     DP_CUDA_CHECK(cudaStreamSynchronize(cu.s));
     lat_cpu.push_back(double(platform::monotonic_ns() - t_write) / 1e3);
   }
   const double secs = double(platform::monotonic_ns() - t0) / 1e9;
   const double cpu_per_frame_us = (cpu_seconds() - c0) / double(r.frames) * 1e6;
   std::uint64_t bad = 0;
-  std::vector<double> lat_gpu;
-  for (std::uint64_t seq = 1; seq <= r.frames; ++seq) {
-    if (host[2 * seq + 1] != seq) ++bad;
-    if (seq > 10) lat_gpu.push_back(double(host[2 * seq]) / 1e3);
-  }
-  if (lat_cpu.size() > 20) lat_cpu.erase(lat_cpu.begin(), lat_cpu.begin() + 10);
+  const std::vector<double> lat_gpu = rec.latencies_us(r.frames, bad);
+  drop_warmup(lat_cpu);
   std::cout << json{{"lat_cpu_us_p50", pct(lat_cpu, 0.5)}, {"lat_cpu_us_p99", pct(lat_cpu, 0.99)},
                     {"lat_gpu_us_p50", pct(lat_gpu, 0.5)}, {"lat_gpu_us_p99", pct(lat_gpu, 0.99)},
                     {"frames_per_s", double(r.frames) / secs}, {"cpu_us_per_frame", cpu_per_frame_us}, {"bad", bad}}
                    .dump()
             << std::endl;
-  cudaFreeHost(host);
   cudaFree(buf);
   return 0;
 }
