@@ -1,7 +1,8 @@
 // dp_bench_transport: DirectPort's GPU handoff between processes, measured in one run on one card.
 //
 //   dp_bench_transport [--sizes 4K,1M,...] [--consumers 1,8] [--frames N] [--fences KINDS]
-//                      [--ready-words device,host] [--waits gpu,cpu] [--slots 3,8] [--json FILE]
+//                      [--ready-words device,host] [--waits gpu,cpu] [--slots 3,8]
+//                      [--mechanisms directport,raw] [--json FILE]
 //
 // --ready-words measures where the ready words of cuda-memop fences live (DIRECTPORT_READY_WORDS:
 // the host page, the default, or device memory) and --waits where the consumers wait on
@@ -11,6 +12,15 @@
 // --fences cuda-memop,vulkan-timeline measures the `vulkan-timeline` fence kind (docs/VULKAN.md:
 // a Vulkan timeline semaphore signalled and waited on CUDA streams) against the mem-op fences,
 // in the same run, on cuda-vmm memory.
+//
+// --mechanisms directport,raw adds, for each consumer count and --waits value, the mechanism alone
+// with no DirectPort in it: the same processes, pacing and stamp/read kernels, but the producer's
+// stream writes one host-mapped word (cuStreamWriteValue64) after its stamp kernel, and each
+// consumer waits for that word on its stream (cuStreamWaitValue64, enqueued ahead: `gpu`) or on
+// its CPU (`cpu`) before its read kernel; the unpaced phase keeps at most 3 frames in flight
+// (acks written by the consumers' streams, polled by the producer's CPU). Its latency is the
+// least a handoff through these fences can cost on this card with K consumers: what is left of
+// DirectPort's figure above it is the protocol's own.
 //
 // For each size and consumer count it starts one producer and K consumer processes (this binary,
 // re-executed with --role). The producer stamps %globaltimer into each frame with a kernel just
@@ -23,9 +33,11 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstddef>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -36,6 +48,7 @@
 #include <nlohmann/json.hpp>
 
 #include "directport/core/discovery.hpp"
+#include "directport/core/fence.hpp"
 #include "directport/core/node.hpp"
 #include "directport/cuda/device.hpp"
 #include "directport/cuda/driver.hpp"
@@ -43,6 +56,8 @@
 #include "directport/platform/child.hpp"
 #include "directport/platform/process.hpp"
 #include "common.hpp"
+#include "records.hpp"
+#include "directport/platform/shm.hpp"
 
 using namespace dp;
 using dp::bench::parse_size;
@@ -51,12 +66,10 @@ using dp::bench::split;
 
 namespace {
 
-
-
-
 struct Args {
   std::string role = "driver", domain, sizes = "4K,64K,1M,16M,64M,256M,1G", consumers = "1,8", json;
   std::string fences = "cuda-memop", fence = "cuda-memop", ready_words = "host", waits = "gpu", slot_counts = "3";
+  std::string mechanisms = "directport";
   std::uint64_t bytes = 0, frames = 2000, k = 1, slots = 3;
   int index = 0;
 };
@@ -171,6 +184,161 @@ int consumer(const Args& a) {
   return 0;
 }
 
+// ------------------------------------------------------------------ the mechanism alone (raw)
+
+constexpr std::uint64_t kRawRing = 64;      // stamps in the producer's buffer (a frame's is seq % kRawRing)
+constexpr std::uint64_t kRawInFlight = 3;   // unpaced: frames in flight, as DirectPort's default slots
+
+struct alignas(64) Word {
+  protocol::AtomicU64 v;
+};
+struct RawPage {
+  Word ready;           // the newest frame stamped (written by the producer's stream)
+  Word up;              // consumers ready to start
+  Word handle_set;      // 1 once `stamps` is valid
+  Word acks[64];        // per consumer: the newest frame it read (written by its stream)
+  cudaIpcMemHandle_t stamps;
+};
+constexpr std::size_t kRawPageBytes = 8192;
+static_assert(sizeof(RawPage) <= kRawPageBytes);
+
+std::string raw_page_name(const std::string& domain) { return "/dp-bench-raw." + std::to_string(::getuid()) + "." + domain; }
+
+// The page registered with the driver for the calling process's device: its device address.
+struct RawMapping {
+  platform::Segment seg;
+  RawPage* page = nullptr;
+  CUdeviceptr dev = 0;
+  explicit RawMapping(const std::string& domain)
+      : seg(platform::Segment::open_named(raw_page_name(domain), platform::Access::read_write)) {
+    page = static_cast<RawPage*>(seg.data());
+    DP_CU_CHECK(cuMemHostRegister, seg.data(), kRawPageBytes, CU_MEMHOSTREGISTER_DEVICEMAP);
+    DP_CU_CHECK(cuMemHostGetDevicePointer, &dev, seg.data(), 0);
+  }
+  ~RawMapping() { cuda::driver().cuMemHostUnregister(seg.data()); }
+  CUdeviceptr word(const Word& w) const {
+    return dev + static_cast<CUdeviceptr>(reinterpret_cast<const char*>(&w) - reinterpret_cast<const char*>(page));
+  }
+};
+
+void spin_until(const protocol::AtomicU64& w, std::uint64_t value, const char* what) {
+  const auto deadline = platform::monotonic_ns() + 30'000'000'000LL;
+  while (w.load(std::memory_order_acquire) < value) {
+    platform::cpu_relax();
+    if (platform::monotonic_ns() > deadline) {
+      throw TimeoutError(std::string("raw: no ") + what + " " + std::to_string(value) + " within 30 s");
+    }
+  }
+}
+
+int raw_producer(const Args& a) {
+  cuda::use_device(0);
+  RawMapping m(a.domain);
+  RawPage& pg = *m.page;
+  cudaStream_t s;
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  auto gs = reinterpret_cast<GpuStream>(s);
+  std::uint64_t* stamps = nullptr;
+  DP_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&stamps), kRawRing * 2 * sizeof(std::uint64_t)));
+  DP_CUDA_CHECK(cudaMemset(stamps, 0, kRawRing * 2 * sizeof(std::uint64_t)));
+  DP_CUDA_CHECK(cudaIpcGetMemHandle(&pg.stamps, stamps));
+  pg.handle_set.v.store(1, std::memory_order_release);
+  spin_until(pg.up.v, a.k, "consumers up");
+  auto min_ack = [&] {
+    std::uint64_t v = UINT64_MAX;
+    for (std::uint64_t i = 0; i < a.k; ++i) v = std::min(v, pg.acks[i].v.load(std::memory_order_acquire));
+    return v;
+  };
+  std::vector<double> pub_us;
+  auto one = [&](std::uint64_t seq) {
+    const auto t0 = platform::monotonic_ns();
+    kernels::stamp_time_gpu(stamps + 2 * (seq % kRawRing), seq, gs);
+    DP_CU_CHECK(cuStreamWriteValue64, reinterpret_cast<CUstream>(s), m.word(pg.ready), seq, CU_STREAM_WRITE_VALUE_DEFAULT);
+    return (platform::monotonic_ns() - t0) / 1e3;
+  };
+  // Paced, as the DirectPort producer: one frame every 200 us (the consumers read each within it).
+  for (std::uint64_t seq = 1; seq <= a.frames; ++seq) {
+    pub_us.push_back(one(seq));
+    const auto until = platform::monotonic_ns() + 200000;
+    while (platform::monotonic_ns() < until) {
+    }
+  }
+  while (min_ack() < a.frames) platform::cpu_relax();
+  // Unpaced: at most kRawInFlight frames ahead of the slowest consumer.
+  const auto t0 = platform::monotonic_ns();
+  for (std::uint64_t seq = a.frames + 1; seq <= 2 * a.frames; ++seq) {
+    while (min_ack() + kRawInFlight < seq) platform::cpu_relax();
+    one(seq);
+  }
+  while (min_ack() < 2 * a.frames) platform::cpu_relax();
+  const double secs = (platform::monotonic_ns() - t0) / 1e9;
+  std::cout << nlohmann::json{{"role", "producer"},
+                              {"acquire_cpu_us_p50", 0.0},
+                              {"publish_cpu_us_p50", pct(pub_us, 0.5)},
+                              {"publishes_per_s", double(a.frames) / secs},
+                              {"dropped", 0}}
+                   .dump()
+            << std::endl;
+  // The consumers have read every frame; they unmap the stamps before they exit.
+  spin_until(pg.up.v, 2 * a.k, "consumers done");
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
+  cudaFree(stamps);
+  cudaStreamDestroy(s);
+  return 0;
+}
+
+int raw_consumer(const Args& a) {
+  cuda::use_device(0);
+  RawMapping m(a.domain);
+  RawPage& pg = *m.page;
+  const bool gpu_waits = a.waits == "gpu";
+  cudaStream_t s;
+  DP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  auto gs = reinterpret_cast<GpuStream>(s);
+  auto cs = reinterpret_cast<CUstream>(s);
+  spin_until(pg.handle_set.v, 1, "stamp buffer");
+  void* p = nullptr;
+  DP_CUDA_CHECK(cudaIpcOpenMemHandle(&p, pg.stamps, cudaIpcMemLazyEnablePeerAccess));
+  const auto* stamps = static_cast<const std::uint64_t*>(p);
+  const std::uint64_t n = 2 * a.frames;
+  dp::bench::Records rec(n, true);
+  Word& ack = pg.acks[a.index];
+  pg.up.v.fetch_add(1);
+  std::vector<double> next_us;
+  for (std::uint64_t seq = 1; seq <= n; ++seq) {
+    // Ahead of the frames it has read by at most kRawInFlight (a bounded queue on the stream).
+    while (ack.v.load(std::memory_order_acquire) + kRawInFlight < seq) platform::cpu_relax();
+    const auto t0 = platform::monotonic_ns();
+    if (gpu_waits) {
+      DP_CU_CHECK(cuStreamWaitValue64, cs, m.word(pg.ready), seq, CU_STREAM_WAIT_VALUE_GEQ);
+    } else {
+      spin_until(pg.ready.v, seq, "frame");
+    }
+    const auto t1 = platform::monotonic_ns();
+    kernels::measure_since_gpu(stamps + 2 * (seq % kRawRing), rec.dev(seq), gs);
+    DP_CU_CHECK(cuStreamWriteValue64, cs, m.word(ack), seq, CU_STREAM_WRITE_VALUE_DEFAULT);
+    if (seq <= a.frames) next_us.push_back((t1 - t0) / 1e3);
+  }
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
+  std::uint64_t bad = 0;
+  const auto lat = rec.latencies_us(a.frames, bad);
+  std::cout << nlohmann::json{{"role", "consumer"},
+                              {"index", a.index},
+                              {"frames", n},
+                              {"latency_us_p50", pct(lat, 0.5)},
+                              {"latency_us_p99", pct(lat, 0.99)},
+                              {"next_cpu_us_p50", pct(next_us, 0.5)},
+                              {"release_cpu_us_p50", 0.0},
+                              {"missed", 0},
+                              {"bad", bad}}
+                   .dump()
+            << std::endl;
+  DP_CUDA_CHECK(cudaIpcCloseMemHandle(p));
+  cudaStreamDestroy(s);
+  pg.up.v.fetch_add(1);
+  return 0;
+}
+
 // Runs this binary with `args`, capturing its stdout.
 platform::Child spawn(std::vector<std::string> args) {
   args.insert(args.begin(), "/proc/self/exe");
@@ -196,9 +364,20 @@ int driver_main(const Args& a) {
   struct Variant {
     std::string fence, words, waits, label;
     std::uint64_t slots;
+    bool raw = false;
   };
   std::vector<Variant> variants;
-  for (auto& fence : split(a.fences)) {
+  bool with_dp = false, with_raw = false;
+  for (auto& mech : split(a.mechanisms)) {
+    if (mech == "directport") {
+      with_dp = true;
+    } else if (mech == "raw") {
+      with_raw = true;
+    } else {
+      throw ValidationError("--mechanisms: '" + mech + "' is not directport or raw");
+    }
+  }
+  for (auto& fence : split(with_dp ? a.fences : std::string())) {
     parse_fence_kind(fence);
     for (auto& words : split(a.ready_words)) {
       if (words != "device" && words != "host") throw ValidationError("--ready-words: '" + words + "' is not device or host");
@@ -218,6 +397,12 @@ int driver_main(const Args& a) {
       }
     }
   }
+  if (with_raw) {
+    for (auto& waits : split(a.waits)) {
+      if (waits != "gpu" && waits != "cpu") throw ValidationError("--waits: '" + waits + "' is not gpu or cpu");
+      variants.push_back({"raw", "host", waits, "raw/host/" + waits + "/" + std::to_string(kRawInFlight), kRawInFlight, true});
+    }
+  }
   if (variants.empty()) throw ValidationError("--fences and --ready-words leave nothing to measure");
   std::printf("DirectPort transport benchmark on %s (cuda-vmm memory; variant = fence/ready words/waits/slots)\n",
               card.c_str());
@@ -231,18 +416,24 @@ int driver_main(const Args& a) {
     ::setenv("DIRECTPORT_READY_WORDS", v.words.c_str(), 1);
     ::setenv("DIRECTPORT_GPU_WAITS", v.waits.c_str(), 1);
     for (auto& ks : split(a.consumers)) {
-      for (auto& ss : split(a.sizes)) {
+      // The mechanism alone moves a 16-byte stamp: one row per consumer count.
+      for (auto& ss : v.raw ? std::vector<std::string>{"16"} : split(a.sizes)) {
         std::uint64_t bytes = parse_size(ss), k = parse_size(ks);
         std::uint64_t frames = bytes >= (256u << 20) ? std::min<std::uint64_t>(a.frames, 500) : a.frames;
         std::string domain = "bench" + std::to_string(getpid()) + "-" + ss + "-" + ks + "-" + fence.substr(0, 1) +
                              v.words.substr(0, 1) + v.waits.substr(0, 1) + std::to_string(v.slots);
         std::vector<std::string> common{"--domain", domain, "--bytes", std::to_string(bytes), "--frames",
                                         std::to_string(frames), "--k", ks, "--fence", fence, "--slots",
-                                        std::to_string(v.slots)};
+                                        std::to_string(v.slots), "--waits", v.waits};
+        std::optional<platform::Segment> raw_page;
+        if (v.raw) {
+          platform::Segment::unlink(raw_page_name(domain));
+          raw_page.emplace(platform::Segment::create_named(raw_page_name(domain), kRawPageBytes));
+        }
         auto pa = common;
-        pa.insert(pa.begin(), {"--role", "producer"});
+        pa.insert(pa.begin(), {"--role", v.raw ? "raw-producer" : "producer"});
         auto prod = spawn(pa);
-        bool up = false;
+        bool up = v.raw;  // the raw processes meet in their page
         for (int i = 0; i < 500 && !up && prod.running(); ++i) {
           for (auto& nd : list_nodes(domain)) up = up || nd.state == protocol::NodeState::running;
           if (!up) prod.wait_for(std::chrono::milliseconds(10));
@@ -250,7 +441,7 @@ int driver_main(const Args& a) {
         std::vector<platform::Child> cons;
         for (std::uint64_t i = 0; up && i < k; ++i) {
           auto ca = common;
-          ca.insert(ca.begin(), {"--role", "consumer", "--index", std::to_string(i)});
+          ca.insert(ca.begin(), {"--role", v.raw ? "raw-consumer" : "consumer", "--index", std::to_string(i)});
           cons.push_back(spawn(ca));
         }
         std::vector<nlohmann::json> cj;
@@ -261,12 +452,21 @@ int driver_main(const Args& a) {
         }
         if (!ok) prod.signal(SIGKILL);  // it may still wait for consumers that are gone
         auto pj = collect(prod, ok);
+        if (raw_page) platform::Segment::unlink(raw_page_name(domain));
         ok = ok && !pj.is_null() && cj.size() == k;
+        std::uint64_t bad = 0;
+        for (auto& c : cj) bad += c.value("bad", std::uint64_t{0});
+        if (ok && bad > 0) {
+          std::printf("%22s %10s %4s FAILED (%llu frames read a stamp other than their own)\n", v.label.c_str(), ss.c_str(),
+                      ks.c_str(), static_cast<unsigned long long>(bad));
+          ok = false;
+        }
         if (!ok) {
           std::printf("%22s %10s %4s FAILED (a process exited badly or did not start)\n", v.label.c_str(), ss.c_str(),
                       ks.c_str());
           rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ready_words", v.words},
-                          {"waits", v.waits}, {"slots", v.slots}, {"ok", false}});
+                          {"waits", v.waits}, {"slots", v.slots}, {"mechanism", v.raw ? "raw" : "directport"},
+                          {"ok", false}});
           continue;
         }
         std::vector<double> p50, p99, nx, rl;
@@ -282,6 +482,7 @@ int driver_main(const Args& a) {
                            {"ready_words", v.words},
                            {"waits", v.waits},
                            {"slots", v.slots},
+                           {"mechanism", v.raw ? "raw" : "directport"},
                            {"ok", true},
                            {"card", card},
                            {"latency_us_p50", pct(p50, 0.5)},
@@ -325,6 +526,9 @@ int main(int argc, char** argv) {
                  "comma list of where cuda-memop ready words live: host (default), device (DIRECTPORT_READY_WORDS)");
   app.add_option("--waits", a.waits, "comma list of where consumers wait: gpu (default), cpu (DIRECTPORT_GPU_WAITS)");
   app.add_option("--slots", a.slot_counts, "comma list of the stream ring's slot counts (2..16)");
+  app.add_option("--mechanisms", a.mechanisms,
+                 "comma list: directport (default), raw (the fences alone, no DirectPort: the floor under "
+                 "DirectPort's latency, for each --waits value)");
   // Internal: the processes the driver starts.
   std::string bytes, k, index;
   app.add_option("--role", a.role)->group("");
@@ -342,6 +546,8 @@ int main(int argc, char** argv) {
     if (!index.empty()) a.index = static_cast<int>(std::stoi(index));
     if (a.role == "producer") return producer(a);
     if (a.role == "consumer") return consumer(a);
+    if (a.role == "raw-producer") return raw_producer(a);
+    if (a.role == "raw-consumer") return raw_consumer(a);
     return driver_main(a);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dp_bench_transport (%s): %s\n", a.role.c_str(), e.what());
