@@ -761,7 +761,7 @@ FusionGpu::FusionGpu(FusionLayout layout)
     : layout_(std::move(layout)), frames_(layout_.teachers(), 0), dev_(std::make_unique<Device>()) {
   const auto& L = layout_;
   auto& D = *dev_;
-  const FusionPlan P = plan_fusion(L, unit_elements_from_env(), unit_group_from_env());
+  const FusionPlan P = plan_fusion(L, unit_elements_from_env(), unit_group_from_env(), even_split_from_env());
   const auto& units = P.units;
   const auto& desc = P.teachers;
   const auto& taps = P.taps;

@@ -29,6 +29,17 @@ std::int64_t env_int(const char* name, std::int64_t fallback, std::int64_t lo, s
 // Units are numbered by an unsigned counter on the device: a bound far above any layout the
 // FusionLayout limits allow at sensible unit sizes.
 constexpr std::int64_t kMaxUnits = std::numeric_limits<std::int32_t>::max();
+// The size of the units that cut `len` evenly into as few as have at most `want` each, rounded up
+// to `align` (want a multiple of align): all but the last have that size, the last the rest.
+std::int64_t even_split(std::int64_t len, std::int64_t want, std::int64_t align) {
+  if (len <= 0) return align;
+  const std::int64_t n = (len + want - 1) / want;
+  const std::int64_t size = (len + n - 1) / n;
+  return std::min(want, (size + align - 1) / align * align);
+}
+// How many units of `size` cover `len`.
+std::int64_t parts(std::int64_t len, std::int64_t size) { return len <= 0 ? 0 : (len + size - 1) / size; }
+
 [[noreturn]] void too_many(std::size_t units, std::int64_t target) {
   throw ValidationError("fusion layout makes " + std::to_string(units) + " work units of about " +
                         std::to_string(target) + " elements; the launch allows 2^31 - 1 (a larger " +
@@ -51,8 +62,9 @@ int dtype_code(DType t) { return t == DType::f16 ? kF16 : t == DType::bf16 ? kBF
 std::int64_t unit_elements_from_env() { return env_int("DIRECTPORT_FUSION_UNIT", kUnitElements, 256, std::int64_t(1) << 24); }
 int unit_group_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
 int blocks_per_sm_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_BLOCKS", kBlocksPerSm, 4, 5)); }
+bool even_split_from_env() { return env_int("DIRECTPORT_FUSION_EVEN", 1, 0, 1) == 1; }
 
-FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
+FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bool even) {
   DP_EXPECTS(target >= 1 && group >= 1 && group <= kMaxGroup, "plan_fusion() needs unit_elements >= 1 and group in 1..8");
   const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
   FusionPlan P;
@@ -97,17 +109,21 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
     // The last quarter of a plane (rows, or elements) is cut into units of a quarter of the size
     // (kTailDivisor): taken last, they keep the launch's end short while the rest of the work
     // comes in units large enough that their fixed costs (a unit's taps, its rows of horizontal
-    // interpolation, its sums) stay small.
+    // interpolation, its sums) stay small. Each part is cut evenly (even_split()), so that no
+    // large unit reaches into the last quarter and leaves it a sliver.
     if (d.mode == kCopy) {
       const std::int64_t align = d.vec ? kVec : 2;  // a unit starts and ends on a pair or a vector
       const std::int64_t n = std::max<std::int64_t>(align, target / g / align * align);
       const std::int64_t n_tail = std::max<std::int64_t>(align, target / kTailDivisor / g / align * align);
       const std::int64_t cut = (plane - plane / 4) / align * align;
-      const std::int64_t count = (d.channels + g - 1) / g * ((cut + n - 1) / n + (plane - cut + n_tail - 1) / n_tail);
+      const std::int64_t head_size = even ? even_split(cut, n, align) : n;
+      const std::int64_t tail_size = even ? even_split(plane - cut, n_tail, align) : n_tail;
+      const std::int64_t count = (d.channels + g - 1) / g * (parts(cut, head_size) + parts(plane - cut, tail_size));
       if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
       for (std::int64_t c = 0; c < d.channels; c += g) {
         for (std::int64_t e = 0; e < plane;) {
-          const std::int64_t r = std::min(e < cut ? n : n_tail, plane - e);
+          // (Not even: a large unit may reach past the cut, as kernel 6's plan did, for measuring.)
+          const std::int64_t r = e < cut ? std::min(head_size, (even ? cut : plane) - e) : std::min(tail_size, plane - e);
           push(c, e, r, 0, 0, 0, 0);
           e += r;
         }
@@ -151,12 +167,15 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group) {
     while (g > 1 && bytes(rows) > kBandBytes) --g;
     const std::int64_t rows_tail = std::min(rows, rows_for(target / kTailDivisor));
     const std::int64_t cut = Hg - Hg / 4;
+    // At most `rows` (`rows_tail`) a band, so their input rows fit as computed above.
+    const std::int64_t head_rows = even ? even_split(cut, rows, 1) : rows;
+    const std::int64_t tail_rows = even ? even_split(Hg - cut, rows_tail, 1) : rows_tail;
     const std::int64_t count =
-        (d.channels + g - 1) / g * ((cut + rows - 1) / rows + (Hg - cut + rows_tail - 1) / rows_tail + 1) * ((Wg + cols - 1) / cols);
+        (d.channels + g - 1) / g * (parts(cut, head_rows) + parts(Hg - cut, tail_rows)) * ((Wg + cols - 1) / cols);
     if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
     for (std::int64_t c = 0; c < d.channels; c += g) {
       for (std::int64_t y0 = 0; y0 < Hg;) {
-        const std::int64_t r = std::min(y0 < cut ? rows : rows_tail, Hg - y0);
+        const std::int64_t r = y0 < cut ? std::min(head_rows, (even ? cut : Hg) - y0) : std::min(tail_rows, Hg - y0);
         const std::int64_t need = span(y0, r);
         shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(std::min<std::int64_t>(g, d.channels - c) * need * cols * 4));
         for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, need);

@@ -33,9 +33,9 @@ std::uint64_t cost(const plan::Unit& u) {
   return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
 }
 
-void check_plan(const FusionLayout& L, std::int64_t unit, int group) {
-  SCOPED_TRACE("unit " + std::to_string(unit) + ", group " + std::to_string(group));
-  const auto P = plan::plan_fusion(L, unit, group);
+void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) {
+  SCOPED_TRACE("unit " + std::to_string(unit) + ", group " + std::to_string(group) + (even ? "" : ", not even"));
+  const auto P = plan::plan_fusion(L, unit, group, even);
   const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
   ASSERT_EQ(P.teachers.size(), L.teachers());
   ASSERT_LE(P.shared_bytes, std::size_t(plan::kBandBytes));
@@ -166,8 +166,10 @@ TEST(FusionPlan, UnitsCoverEveryOutputOnceAndFitTheirBounds) {
   for (std::size_t l = 0; l < layouts.size(); ++l) {
     SCOPED_TRACE("layout " + std::to_string(l));
     for (auto [unit, group] : {std::pair<std::int64_t, int>{256, 1}, {8192, 1}, {16384, 2}, {100000, 3}, {1 << 20, 8}}) {
-      check_plan(layouts[l], unit, group);
-      if (HasFatalFailure()) return;
+      for (bool even : {true, false}) {
+        check_plan(layouts[l], unit, group, even);
+        if (HasFatalFailure()) return;
+      }
     }
   }
 }
@@ -207,6 +209,39 @@ TEST(FusionPlan, TheLastQuarterOfAPlaneComesInSmallerUnitsTakenLast) {
   EXPECT_EQ(small, 2u * 4 + 2u * 4);
 }
 
+TEST(FusionPlan, EachPartOfAPlaneIsCutEvenlyWhereTheUnitsDoNotDivideIt) {
+  // The distillation graph's grid (224x224) with a 16x16 map upsampled and a map at the grid's
+  // size, 16384 elements a unit: 224 rows are not a multiple of the 73 that make a unit. The first
+  // 168 rows (three quarters) come in 3 bands of 56 rows, the last 56 in 4 of 14: no large band
+  // reaches into the last quarter and leaves it a sliver. The copy's plane the same way: 37632
+  // elements in 3 units of 12544, 12544 in 4 of 3136.
+  const FusionLayout L({map("up", DType::f16, 3, 16, 16), map("same", DType::f32, 2, 224, 224)}, 224, 224, DType::bf16);
+  const auto P = plan::plan_fusion(L, 16384, 1);
+  std::vector<std::uint32_t> band_rows, copy_elems;
+  for (const auto& u : P.units) {
+    if (u.teacher == 0 && u.c == 0) band_rows.push_back(u.rows);
+    if (u.teacher == 1 && u.c == 0) copy_elems.push_back(u.rows);
+    if (u.teacher == 0) EXPECT_TRUE(u.y0 + u.rows <= 168 || u.y0 >= 168) << "a band across the cut at row 168: " << u.y0;
+    if (u.teacher == 1) EXPECT_TRUE(u.y0 + u.rows <= 37632 || u.y0 >= 37632) << "a unit across the cut: " << u.y0;
+  }
+  std::sort(band_rows.begin(), band_rows.end());
+  std::sort(copy_elems.begin(), copy_elems.end());
+  EXPECT_EQ(band_rows, (std::vector<std::uint32_t>{14, 14, 14, 14, 56, 56, 56}));
+  EXPECT_EQ(copy_elems, (std::vector<std::uint32_t>{3136, 3136, 3136, 3136, 12544, 12544, 12544}));
+  // Not even (DIRECTPORT_FUSION_EVEN=0, kernel 6's plan): three bands of 73 rows, the third past
+  // the cut, and a sliver of 5; the copy 3 units of 16384 and one of 1024.
+  band_rows.clear();
+  copy_elems.clear();
+  for (const auto& u : plan::plan_fusion(L, 16384, 1, false).units) {
+    if (u.teacher == 0 && u.c == 0) band_rows.push_back(u.rows);
+    if (u.teacher == 1 && u.c == 0) copy_elems.push_back(u.rows);
+  }
+  std::sort(band_rows.begin(), band_rows.end());
+  std::sort(copy_elems.begin(), copy_elems.end());
+  EXPECT_EQ(band_rows, (std::vector<std::uint32_t>{5, 73, 73, 73}));
+  EXPECT_EQ(copy_elems, (std::vector<std::uint32_t>{1024, 16384, 16384, 16384}));
+}
+
 TEST(FusionPlan, TapPairsWhereEveryColumnsTapsAreAdjacentAndEven) {
   auto desc = [](const FusionLayout& L, std::size_t i) { return plan::plan_fusion(L, 8192, 1).teachers[i]; };
   // 2x down (512 -> 256 columns): taps 2x, 2x + 1 for every x.
@@ -239,16 +274,19 @@ TEST(FusionPlan, VectorsFollowTheLayout) {
 TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
   {
     test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr),
-        b("DIRECTPORT_FUSION_BLOCKS", nullptr);
+        b("DIRECTPORT_FUSION_BLOCKS", nullptr), e("DIRECTPORT_FUSION_EVEN", nullptr);
     EXPECT_EQ(plan::unit_elements_from_env(), plan::kUnitElements);
     EXPECT_EQ(plan::unit_group_from_env(), plan::kGroup);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), plan::kBlocksPerSm);
+    EXPECT_TRUE(plan::even_split_from_env());
   }
   {
-    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8"), b("DIRECTPORT_FUSION_BLOCKS", "5");
+    test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8"), b("DIRECTPORT_FUSION_BLOCKS", "5"),
+        e("DIRECTPORT_FUSION_EVEN", "0");
     EXPECT_EQ(plan::unit_elements_from_env(), 4096);
     EXPECT_EQ(plan::unit_group_from_env(), 8);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), 5);
+    EXPECT_FALSE(plan::even_split_from_env());
   }
   // The message a bad value of `var` makes `read` throw ("" and a failure where it is accepted).
   auto rejection = [](const char* var, const char* bad, auto read) -> std::string {
@@ -269,6 +307,10 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
     const std::string what = rejection("DIRECTPORT_FUSION_UNIT", bad, plan::unit_elements_from_env);
     EXPECT_NE(what.find("DIRECTPORT_FUSION_UNIT"), std::string::npos) << what;
     EXPECT_NE(what.find(std::string("'") + bad + "'"), std::string::npos) << what;
+  }
+  for (const char* bad : {"2", "-1", "yes"}) {
+    const std::string what = rejection("DIRECTPORT_FUSION_EVEN", bad, plan::even_split_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_EVEN must be a number from 0 to 1"), std::string::npos) << what;
   }
   for (const char* bad : {"0", "9", "two"}) {
     const std::string what = rejection("DIRECTPORT_FUSION_GROUP", bad, plan::unit_group_from_env);

@@ -75,7 +75,11 @@ struct FusionPlan {
 // `unit_elements` output elements a unit, over at most `group` channels (both validated by the
 // callers below; here they must be >= 1 and 1..kMaxGroup). Throws ValidationError where the
 // layout would make more than 2^31 - 1 units.
-FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group);
+// `even`: the first three quarters of a plane, and its last quarter, are each cut into units of
+// one size (the last of each part smaller); false keeps the plan of kernel 6, whose last large
+// unit could reach past the cut and leave the last quarter a sliver (DIRECTPORT_FUSION_EVEN=0,
+// for measuring).
+FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = true);
 
 // DIRECTPORT_FUSION_UNIT (256..2^24, default kUnitElements) and DIRECTPORT_FUSION_GROUP (1..kMaxGroup,
 // default kGroup); a bad value is a ValidationError naming the variable and the range.
@@ -83,5 +87,7 @@ std::int64_t unit_elements_from_env();
 int unit_group_from_env();
 // DIRECTPORT_FUSION_BLOCKS (4 or 5, default kBlocksPerSm), checked the same way.
 int blocks_per_sm_from_env();
+// DIRECTPORT_FUSION_EVEN (0 or 1, default 1): plan_fusion()'s `even`.
+bool even_split_from_env();
 
 }  // namespace dp::kernels::plan
