@@ -48,7 +48,6 @@
 #include <nlohmann/json.hpp>
 
 #include "directport/core/discovery.hpp"
-#include "directport/core/fence.hpp"
 #include "directport/core/node.hpp"
 #include "directport/cuda/device.hpp"
 #include "directport/cuda/driver.hpp"
@@ -221,14 +220,21 @@ struct RawMapping {
   }
 };
 
-void spin_until(const protocol::AtomicU64& w, std::uint64_t value, const char* what) {
+// Spins until `reached()`; a peer that never gets there (dead, or its stream faulted) ends this
+// process after 30 s with an error naming what it waited for.
+template <typename F>
+void spin_until(F&& reached, const char* what, std::uint64_t value) {
+  if (reached()) return;
   const auto deadline = platform::monotonic_ns() + 30'000'000'000LL;
-  while (w.load(std::memory_order_acquire) < value) {
+  while (!reached()) {
     platform::cpu_relax();
     if (platform::monotonic_ns() > deadline) {
       throw TimeoutError(std::string("raw: no ") + what + " " + std::to_string(value) + " within 30 s");
     }
   }
+}
+void spin_until(const protocol::AtomicU64& w, std::uint64_t value, const char* what) {
+  spin_until([&] { return w.load(std::memory_order_acquire) >= value; }, what, value);
 }
 
 int raw_producer(const Args& a) {
@@ -240,7 +246,8 @@ int raw_producer(const Args& a) {
   auto gs = reinterpret_cast<GpuStream>(s);
   std::uint64_t* stamps = nullptr;
   DP_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&stamps), kRawRing * 2 * sizeof(std::uint64_t)));
-  DP_CUDA_CHECK(cudaMemset(stamps, 0, kRawRing * 2 * sizeof(std::uint64_t)));
+  DP_CUDA_CHECK(cudaMemsetAsync(stamps, 0, kRawRing * 2 * sizeof(std::uint64_t), s));
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
   DP_CUDA_CHECK(cudaIpcGetMemHandle(&pg.stamps, stamps));
   pg.handle_set.v.store(1, std::memory_order_release);
   spin_until(pg.up.v, a.k, "consumers up");
@@ -256,21 +263,24 @@ int raw_producer(const Args& a) {
     DP_CU_CHECK(cuStreamWriteValue64, reinterpret_cast<CUstream>(s), m.word(pg.ready), seq, CU_STREAM_WRITE_VALUE_DEFAULT);
     return (platform::monotonic_ns() - t0) / 1e3;
   };
-  // Paced, as the DirectPort producer: one frame every 200 us (the consumers read each within it).
+  auto acked = [&](std::uint64_t seq) { spin_until([&] { return min_ack() >= seq; }, "ack of frame", seq); };
+  // Paced, as the DirectPort producer: one frame every 200 us, each once every consumer has read
+  // the one before (they have, unless one stalls: then the stamps' ring cannot wrap under it).
   for (std::uint64_t seq = 1; seq <= a.frames; ++seq) {
+    acked(seq - 1);
     pub_us.push_back(one(seq));
     const auto until = platform::monotonic_ns() + 200000;
     while (platform::monotonic_ns() < until) {
     }
   }
-  while (min_ack() < a.frames) platform::cpu_relax();
+  acked(a.frames);
   // Unpaced: at most kRawInFlight frames ahead of the slowest consumer.
   const auto t0 = platform::monotonic_ns();
   for (std::uint64_t seq = a.frames + 1; seq <= 2 * a.frames; ++seq) {
-    while (min_ack() + kRawInFlight < seq) platform::cpu_relax();
+    if (seq > kRawInFlight) acked(seq - kRawInFlight);
     one(seq);
   }
-  while (min_ack() < 2 * a.frames) platform::cpu_relax();
+  acked(2 * a.frames);
   const double secs = (platform::monotonic_ns() - t0) / 1e9;
   std::cout << nlohmann::json{{"role", "producer"},
                               {"acquire_cpu_us_p50", 0.0},
@@ -303,11 +313,14 @@ int raw_consumer(const Args& a) {
   const std::uint64_t n = 2 * a.frames;
   dp::bench::Records rec(n, true);
   Word& ack = pg.acks[a.index];
+  // The read kernel once before the first frame (its module loads here, not in frame 1's latency).
+  kernels::measure_since_gpu(stamps, rec.dev(0), gs);
+  DP_CUDA_CHECK(cudaStreamSynchronize(s));
   pg.up.v.fetch_add(1);
   std::vector<double> next_us;
   for (std::uint64_t seq = 1; seq <= n; ++seq) {
     // Ahead of the frames it has read by at most kRawInFlight (a bounded queue on the stream).
-    while (ack.v.load(std::memory_order_acquire) + kRawInFlight < seq) platform::cpu_relax();
+    if (seq > kRawInFlight) spin_until(ack.v, seq - kRawInFlight, "own ack of frame");
     const auto t0 = platform::monotonic_ns();
     if (gpu_waits) {
       DP_CU_CHECK(cuStreamWaitValue64, cs, m.word(pg.ready), seq, CU_STREAM_WAIT_VALUE_GEQ);
@@ -377,7 +390,8 @@ int driver_main(const Args& a) {
       throw ValidationError("--mechanisms: '" + mech + "' is not directport or raw");
     }
   }
-  for (auto& fence : split(with_dp ? a.fences : std::string())) {
+  // Every list is checked whichever mechanisms run.
+  for (auto& fence : split(a.fences)) {
     parse_fence_kind(fence);
     for (auto& words : split(a.ready_words)) {
       if (words != "device" && words != "host") throw ValidationError("--ready-words: '" + words + "' is not device or host");
@@ -391,11 +405,16 @@ int driver_main(const Args& a) {
             throw ValidationError("--slots " + sl + ": use 2.." + std::to_string(protocol::kMaxSlots));
           }
           std::string label = fence == "cuda-memop" ? "memop" : "vk-timeline";
-          variants.push_back({fence, words, waits,
+          if (with_dp) variants.push_back({fence, words, waits,
                               label + "/" + (words == "device" ? "dev" : "host") + "/" + waits + "/" + sl, slots});
         }
       }
     }
+  }
+  if (!with_dp && !with_raw) throw ValidationError("--mechanisms: name directport, raw or both");
+  for (auto& ks : split(a.consumers)) {
+    const auto k = parse_size(ks);
+    if (k < 1 || k > 64) throw ValidationError("--consumers " + ks + ": use 1..64");
   }
   if (with_raw) {
     for (auto& waits : split(a.waits)) {
@@ -449,6 +468,10 @@ int driver_main(const Args& a) {
         for (auto& c : cons) {
           auto j = collect(c, ok);
           if (!j.is_null()) cj.push_back(j);
+          if (!ok) {  // the others may wait for the one that failed: end them all now
+            for (auto& o : cons) o.signal(SIGKILL);
+            prod.signal(SIGKILL);
+          }
         }
         if (!ok) prod.signal(SIGKILL);  // it may still wait for consumers that are gone
         auto pj = collect(prod, ok);
@@ -456,17 +479,13 @@ int driver_main(const Args& a) {
         ok = ok && !pj.is_null() && cj.size() == k;
         std::uint64_t bad = 0;
         for (auto& c : cj) bad += c.value("bad", std::uint64_t{0});
-        if (ok && bad > 0) {
-          std::printf("%22s %10s %4s FAILED (%llu frames read a stamp other than their own)\n", v.label.c_str(), ss.c_str(),
-                      ks.c_str(), static_cast<unsigned long long>(bad));
-          ok = false;
-        }
-        if (!ok) {
-          std::printf("%22s %10s %4s FAILED (a process exited badly or did not start)\n", v.label.c_str(), ss.c_str(),
-                      ks.c_str());
+        if (!ok || bad > 0) {
+          const std::string why = !ok ? "a process exited badly or did not start"
+                                      : std::to_string(bad) + " frames read a stamp other than their own";
+          std::printf("%22s %10s %4s FAILED (%s)\n", v.label.c_str(), ss.c_str(), ks.c_str(), why.c_str());
           rows.push_back({{"bytes", bytes}, {"consumers", k}, {"fence", fence}, {"ready_words", v.words},
                           {"waits", v.waits}, {"slots", v.slots}, {"mechanism", v.raw ? "raw" : "directport"},
-                          {"ok", false}});
+                          {"ok", false}, {"bad", bad}, {"why", why}});
           continue;
         }
         std::vector<double> p50, p99, nx, rl;
