@@ -4,6 +4,12 @@
 //
 //   dp_bench_fusion [--workload distill|maps|all] [--iters N] [--json FILE] [--python python3]
 //                   [--no-torch] [--no-compile]
+//   dp_bench_fusion --plan [--blocks N] [--fixed F] [--workload ...] [--json FILE]
+//
+// --plan needs no GPU: for each workload, the kernel's work units under the even cut of a plane
+// and under kernel 6's (DIRECTPORT_FUSION_EVEN), and how evenly N resident blocks would share them
+// (kernels::plan::estimate_balance(): longest block over the mean, a unit costing its elements plus
+// F). DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP apply.
 //
 // Bandwidth of the fusion = (bytes of every input + bytes of the fused tensor) / median time of
 // one fused frame: the least traffic the job needs. Copy bandwidth = 2 x bytes / median time of
@@ -25,6 +31,7 @@
 #include "directport/core/error.hpp"
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/fusion.hpp"
+#include "directport/kernels/fusion_plan.hpp"
 #include "directport/kernels/half.hpp"
 #include "directport/platform/child.hpp"
 
@@ -119,6 +126,33 @@ json torch_peer(const std::string& python, const FusionLayout& L, int iters, boo
   }
 }
 
+// --plan: the work units of each workload under both cuts of a plane, and their balance.
+int plan_only(const std::string& which, unsigned blocks, double fixed, const std::string& json_path) {
+  namespace plan = dp::kernels::plan;
+  const auto unit = plan::unit_elements_from_env();
+  const int group = plan::unit_group_from_env();
+  std::printf("work units of the fusion kernel (no GPU): %lld output elements a unit, %d channel(s), %u resident blocks, "
+              "a fixed cost of %.0f elements a unit\n",
+              static_cast<long long>(unit), group, blocks, fixed);
+  std::printf("%-8s %-18s %7s %13s\n", "workload", "cut of a plane", "units", "longest/mean");
+  json rows = json::array();
+  for (auto& w : workloads()) {
+    if (which != "all" && which != w.name) continue;
+    const FusionLayout L(w.teachers, w.h, w.w, w.out, 0.01);
+    for (bool even : {true, false}) {
+      const auto b = plan::estimate_balance(plan::plan_fusion(L, unit, group, even), blocks, fixed);
+      const char* cut = even ? "even" : "kernel 6 (EVEN=0)";
+      std::printf("%-8s %-18s %7zu %13.3f\n", w.name.c_str(), cut, b.units, b.longest / b.mean);
+      rows.push_back({{"workload", w.name}, {"even", even}, {"units", b.units}, {"blocks", blocks}, {"fixed", fixed},
+                      {"longest", b.longest}, {"mean", b.mean}, {"longest_over_mean", b.longest / b.mean}});
+    }
+  }
+  if (!json_path.empty()) {
+    std::ofstream(json_path) << json{{"unit_elements", unit}, {"group", group}, {"plans", rows}}.dump(2) << "\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -132,8 +166,17 @@ int main(int argc, char** argv) {
   app.add_option("--python", python, "python with torch, for the PyTorch peer");
   app.add_flag("--no-torch", no_torch, "skip the PyTorch peer");
   app.add_flag("--no-compile", no_compile, "skip torch.compile (eager only)");
+  bool plan = false;
+  unsigned blocks = 528;
+  double fixed = 1500;
+  app.add_flag("--plan", plan, "no GPU: the work units of each workload under both cuts of a plane, and how evenly --blocks "
+                               "blocks share them");
+  app.add_option("--blocks", blocks, "--plan: resident blocks (default 528: 132 SMs x 4, an H100 or H200)")
+      ->check(CLI::Range(1u, 1u << 20));
+  app.add_option("--fixed", fixed, "--plan: a unit's fixed cost, in output elements (default 1500)")->check(CLI::Range(0.0, 1e9));
   if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
+    if (plan) return plan_only(which, blocks, fixed, json_path);
     const auto& avail = dp::cuda::availability();
     if (!avail.usable) {
       std::fprintf(stderr, "dp_bench_fusion: no usable CUDA device: %s\n", avail.reason.c_str());

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <limits>
+#include <queue>
 #include <string>
 
 #include "directport/core/error.hpp"
@@ -63,6 +65,27 @@ std::int64_t unit_elements_from_env() { return env_int("DIRECTPORT_FUSION_UNIT",
 int unit_group_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
 int blocks_per_sm_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_BLOCKS", kBlocksPerSm, 4, 5)); }
 bool even_split_from_env() { return env_int("DIRECTPORT_FUSION_EVEN", 1, 0, 1) == 1; }
+
+std::uint64_t unit_cost(const Unit& u) {
+  return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
+}
+
+Balance estimate_balance(const FusionPlan& P, unsigned blocks, double fixed) {
+  DP_EXPECTS(blocks >= 1 && fixed >= 0, "estimate_balance() needs at least one block and a fixed cost >= 0");
+  // The blocks' totals so far, the least on top: the next unit goes to the block free first.
+  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
+  for (unsigned b = 0; b < blocks; ++b) free_at.push(0.0);
+  double total = 0, longest = 0;
+  for (const auto& u : P.units) {
+    const double c = double(unit_cost(u)) + fixed;
+    const double t = free_at.top() + c;
+    free_at.pop();
+    free_at.push(t);
+    total += c;
+    longest = std::max(longest, t);
+  }
+  return {P.units.size(), blocks, longest, total / blocks};
+}
 
 FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bool even) {
   DP_EXPECTS(target >= 1 && group >= 1 && group <= kMaxGroup, "plan_fusion() needs unit_elements >= 1 and group in 1..8");
@@ -185,10 +208,7 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
     desc.push_back(d);
   }
   // The largest units first (output plus horizontal rows), so that the last ones taken are small.
-  auto cost = [](const Unit& u) {
-    return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
-  };
-  std::stable_sort(units.begin(), units.end(), [&](const Unit& x, const Unit& y) { return cost(x) > cost(y); });
+  std::stable_sort(units.begin(), units.end(), [](const Unit& x, const Unit& y) { return unit_cost(x) > unit_cost(y); });
   P.shared_bytes = shared_bytes;
   return P;
 }

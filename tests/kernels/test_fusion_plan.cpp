@@ -5,8 +5,15 @@
 // reference's; the environment variables that size the units are checked by name.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
@@ -14,6 +21,7 @@
 #include "directport/kernels/fusion.hpp"
 #include "directport/kernels/fusion_math.hpp"
 #include "directport/kernels/fusion_plan.hpp"
+#include "directport/platform/child.hpp"
 #include "support/test_support.hpp"
 
 namespace dp {
@@ -29,9 +37,7 @@ FusionInput map(const std::string& name, DType t, std::int64_t c, std::int64_t h
 }
 FusionInput vec(const std::string& name, DType t, std::int64_t c) { return {name, t, {c}, NormMode::isotropic}; }
 
-std::uint64_t cost(const plan::Unit& u) {
-  return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
-}
+std::uint64_t cost(const plan::Unit& u) { return plan::unit_cost(u); }
 
 void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) {
   SCOPED_TRACE("unit " + std::to_string(unit) + ", group " + std::to_string(group) + (even ? "" : ", not even"));
@@ -242,6 +248,31 @@ TEST(FusionPlan, EachPartOfAPlaneIsCutEvenlyWhereTheUnitsDoNotDivideIt) {
   EXPECT_EQ(copy_elems, (std::vector<std::uint32_t>{1024, 16384, 16384, 16384}));
 }
 
+TEST(FusionPlan, BalanceEstimateHandsUnitsToTheBlockFreeFirst) {
+  plan::FusionPlan P;
+  // Copy units of 100 elements (cost 100 each).
+  auto unit = [](std::uint32_t n) { return plan::Unit{0, 0, 1, 0, n, 0, 0, 0, 0}; };
+  P.units = {unit(100), unit(100), unit(100)};
+  auto b = plan::estimate_balance(P, 2, 0);
+  EXPECT_EQ(b.units, 3u);
+  EXPECT_DOUBLE_EQ(b.longest, 200);  // the third unit waits for a block
+  EXPECT_DOUBLE_EQ(b.mean, 150);
+  P.units = {unit(300), unit(100), unit(100), unit(100)};
+  b = plan::estimate_balance(P, 2, 10);  // 310 on one block, 3 x 110 on the other
+  EXPECT_DOUBLE_EQ(b.longest, 330);
+  EXPECT_DOUBLE_EQ(b.mean, 320);
+  EXPECT_THROW(plan::estimate_balance(P, 0, 0), PreconditionError);
+  // The distill workload of bench/fusion_bench.cpp on 528 blocks (132 SMs x 4): the even cut
+  // ends within 10 % of the mean, kernel 6's cut about a quarter above it.
+  const FusionLayout L({map("vision", DType::f16, 384, 16, 16), map("edges", DType::f32, 8, 224, 224),
+                        map("depth", DType::bf16, 1, 448, 448), vec("audio", DType::f16, 512), vec("text", DType::f32, 384)},
+                       224, 224, DType::bf16);
+  const auto even = plan::estimate_balance(plan::plan_fusion(L, 16384, 1, true), 528, 1500);
+  const auto uneven = plan::estimate_balance(plan::plan_fusion(L, 16384, 1, false), 528, 1500);
+  EXPECT_LT(even.longest / even.mean, 1.10);
+  EXPECT_GT(uneven.longest / uneven.mean, 1.20);
+}
+
 TEST(FusionPlan, TapPairsWhereEveryColumnsTapsAreAdjacentAndEven) {
   auto desc = [](const FusionLayout& L, std::size_t i) { return plan::plan_fusion(L, 8192, 1).teachers[i]; };
   // 2x down (512 -> 256 columns): taps 2x, 2x + 1 for every x.
@@ -319,4 +350,39 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
 }
 
 }  // namespace
+// `dp_bench_fusion --plan`: the units of the benchmark's workloads under both cuts and their
+// balance, on a machine without a GPU; a bad option names itself.
+TEST(FusionBenchMP, PlanNeedsNoGpuAndComparesBothCuts) {
+#ifndef DP_BENCH_FUSION
+  GTEST_SKIP() << "dp_bench_fusion is not built here (no CUDA toolkit, or DIRECTPORT_BUILD_BENCH=OFF)";
+#else
+  const std::string json_path = ::testing::TempDir() + "/fusion_plan_" + std::to_string(::getpid()) + ".json";
+  test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr);
+  auto c = platform::Child::spawn({DP_BENCH_FUSION, "--plan", "--json", json_path}, {true, true});
+  auto rc = c.wait_for(std::chrono::seconds(30));
+  ASSERT_TRUE(rc.has_value()) << "dp_bench_fusion --plan did not finish";
+  ASSERT_EQ(*rc, 0) << c.output();
+  EXPECT_NE(c.output().find("longest/mean"), std::string::npos) << c.output();
+  std::ifstream f(json_path);
+  const auto j = nlohmann::json::parse(f, nullptr, false);
+  std::remove(json_path.c_str());
+  ASSERT_FALSE(j.is_discarded());
+  ASSERT_EQ(j["plans"].size(), 4u) << j.dump(2);
+  std::map<std::pair<std::string, bool>, double> ratio;
+  for (const auto& p : j["plans"]) {
+    EXPECT_EQ(p["blocks"], 528);
+    EXPECT_GT(p["units"].get<int>(), 0);
+    EXPECT_GE(p["longest_over_mean"].get<double>(), 1.0);
+    ratio[{p["workload"].get<std::string>(), p["even"].get<bool>()}] = p["longest_over_mean"];
+  }
+  const double even = ratio[{"distill", true}], uneven = ratio[{"distill", false}];
+  EXPECT_LT(even, uneven) << j.dump(2);
+  auto bad = platform::Child::spawn({DP_BENCH_FUSION, "--plan", "--blocks", "0"}, {true, true});
+  rc = bad.wait_for(std::chrono::seconds(30));
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_EQ(*rc, 2);
+  EXPECT_NE(bad.output().find("--blocks"), std::string::npos) << bad.output();
+#endif
+}
+
 }  // namespace dp

@@ -81,6 +81,22 @@ struct FusionPlan {
 // for measuring).
 FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = true);
 
+// A unit's size for ordering and estimates: its output elements plus the horizontal
+// interpolations a band makes first, over its channels.
+std::uint64_t unit_cost(const Unit& u);
+
+// How evenly `blocks` blocks share the plan's units when each takes the next unit in the plan's
+// order as soon as it is free (as the kernel's counter hands them out), under a cost model: a unit
+// costs unit_cost() plus `fixed` (its barriers, taps and sums, in output elements). `longest` and
+// `mean` are the blocks' totals in those units; longest / mean is 1 where the end is even. An
+// estimate from the plan alone (no GPU), for comparing plans, not a time.
+struct Balance {
+  std::size_t units = 0;
+  unsigned blocks = 0;
+  double longest = 0, mean = 0;
+};
+Balance estimate_balance(const FusionPlan& plan, unsigned blocks, double fixed);
+
 // DIRECTPORT_FUSION_UNIT (256..2^24, default kUnitElements) and DIRECTPORT_FUSION_GROUP (1..kMaxGroup,
 // default kGroup); a bad value is a ValidationError naming the variable and the range.
 std::int64_t unit_elements_from_env();
