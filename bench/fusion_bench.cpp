@@ -7,9 +7,11 @@
 //   dp_bench_fusion --plan [--blocks N] [--fixed F] [--workload ...] [--json FILE]
 //
 // --plan needs no GPU: for each workload, the kernel's work units under the even cut of a plane
-// and under kernel 6's (DIRECTPORT_FUSION_EVEN), and how evenly N resident blocks would share them
-// (kernels::plan::estimate_balance(): longest block over the mean, a unit costing its elements plus
-// F). DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP apply.
+// and under kernel 6's (both, whatever DIRECTPORT_FUSION_EVEN says), and how N resident blocks
+// taking them as the kernel hands them out would share them (kernels::plan::estimate_balance():
+// the longest block's work and the mean, a unit costing its elements plus F; compare the longest
+// between plans, since more units also raise the mean). DIRECTPORT_FUSION_UNIT and
+// DIRECTPORT_FUSION_GROUP apply.
 //
 // Bandwidth of the fusion = (bytes of every input + bytes of the fused tensor) / median time of
 // one fused frame: the least traffic the job needs. Copy bandwidth = 2 x bytes / median time of
@@ -134,7 +136,8 @@ int plan_only(const std::string& which, unsigned blocks, double fixed, const std
   std::printf("work units of the fusion kernel (no GPU): %lld output elements a unit, %d channel(s), %u resident blocks, "
               "a fixed cost of %.0f elements a unit\n",
               static_cast<long long>(unit), group, blocks, fixed);
-  std::printf("%-8s %-18s %7s %13s\n", "workload", "cut of a plane", "units", "longest/mean");
+  std::printf("%-8s %-18s %7s %7s %12s %12s %13s\n", "workload", "cut of a plane", "units", "blocks", "longest",
+              "mean", "longest/mean");
   json rows = json::array();
   for (auto& w : workloads()) {
     if (which != "all" && which != w.name) continue;
@@ -142,8 +145,9 @@ int plan_only(const std::string& which, unsigned blocks, double fixed, const std
     for (bool even : {true, false}) {
       const auto b = plan::estimate_balance(plan::plan_fusion(L, unit, group, even), blocks, fixed);
       const char* cut = even ? "even" : "kernel 6 (EVEN=0)";
-      std::printf("%-8s %-18s %7zu %13.3f\n", w.name.c_str(), cut, b.units, b.longest / b.mean);
-      rows.push_back({{"workload", w.name}, {"even", even}, {"units", b.units}, {"blocks", blocks}, {"fixed", fixed},
+      std::printf("%-8s %-18s %7zu %7u %12.0f %12.0f %13.3f\n", w.name.c_str(), cut, b.units, b.blocks, b.longest, b.mean,
+                  b.longest / b.mean);
+      rows.push_back({{"workload", w.name}, {"even", even}, {"units", b.units}, {"blocks", b.blocks}, {"fixed", fixed},
                       {"longest", b.longest}, {"mean", b.mean}, {"longest_over_mean", b.longest / b.mean}});
     }
   }
@@ -169,11 +173,15 @@ int main(int argc, char** argv) {
   bool plan = false;
   unsigned blocks = 528;
   double fixed = 1500;
-  app.add_flag("--plan", plan, "no GPU: the work units of each workload under both cuts of a plane, and how evenly --blocks "
-                               "blocks share them");
-  app.add_option("--blocks", blocks, "--plan: resident blocks (default 528: 132 SMs x 4, an H100 or H200)")
-      ->check(CLI::Range(1u, 1u << 20));
-  app.add_option("--fixed", fixed, "--plan: a unit's fixed cost, in output elements (default 1500)")->check(CLI::Range(0.0, 1e9));
+  auto* plan_flag = app.add_flag("--plan", plan,
+                                 "no GPU: the work units of each workload under both cuts of a plane (whatever "
+                                 "DIRECTPORT_FUSION_EVEN says), and how long the longest of --blocks blocks works");
+  app.add_option("--blocks", blocks, "with --plan: resident blocks (default 528: 132 SMs x 4, an H100 or H200)")
+      ->check(CLI::Range(1u, 1u << 20))
+      ->needs(plan_flag);
+  app.add_option("--fixed", fixed, "with --plan: a unit's fixed cost, in output elements (default 1500)")
+      ->check(CLI::Range(0.0, 1e9))
+      ->needs(plan_flag);
   if (auto rc = dp::bench::parse_args(app, argc, argv)) return *rc;
   try {
     if (plan) return plan_only(which, blocks, fixed, json_path);

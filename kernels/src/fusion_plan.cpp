@@ -8,6 +8,8 @@
 #include <limits>
 #include <queue>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "directport/core/error.hpp"
 #include "directport/kernels/fusion_math.hpp"
@@ -31,16 +33,38 @@ std::int64_t env_int(const char* name, std::int64_t fallback, std::int64_t lo, s
 // Units are numbered by an unsigned counter on the device: a bound far above any layout the
 // FusionLayout limits allow at sensible unit sizes.
 constexpr std::int64_t kMaxUnits = std::numeric_limits<std::int32_t>::max();
-// The size of the units that cut `len` evenly into as few as have at most `want` each, rounded up
-// to `align` (want a multiple of align): all but the last have that size, the last the rest.
-std::int64_t even_split(std::int64_t len, std::int64_t want, std::int64_t align) {
-  if (len <= 0) return align;
-  const std::int64_t n = (len + want - 1) / want;
-  const std::int64_t size = (len + n - 1) / n;
-  return std::min(want, (size + align - 1) / align * align);
+// The units along a plane of `total` rows (a band) or elements (a copy), as [start, start + len):
+// its first three quarters [0, cut) in units of at most `want`, its last quarter in units of at
+// most `want_tail`, each part cut into as few units as that allows, of sizes that differ by at most
+// `align` (want and want_tail multiples of align; where `total` is not, the last unit takes the
+// rest). Not `even` (kernel 6's cut): units of `want` while they start before the cut, the last
+// of them reaching past it, then units of `want_tail`.
+std::vector<std::pair<std::int64_t, std::int64_t>> cut_plane(std::int64_t total, std::int64_t cut, std::int64_t want,
+                                                             std::int64_t want_tail, std::int64_t align, bool even) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> out;
+  if (!even) {
+    for (std::int64_t e = 0; e < total;) {
+      const std::int64_t r = std::min(e < cut ? want : want_tail, total - e);
+      out.emplace_back(e, r);
+      e += r;
+    }
+    return out;
+  }
+  auto part = [&](std::int64_t begin, std::int64_t len, std::int64_t w) {
+    if (len <= 0) return;
+    const std::int64_t n = (len + w - 1) / w;  // at most `len / align + 1`: no unit is empty
+    const std::int64_t granules = len / align, base = granules / n, extra = granules % n;
+    for (std::int64_t i = 0, e = begin; i < n; ++i) {
+      std::int64_t r = (base + (i < extra ? 1 : 0)) * align;
+      if (i == n - 1) r = begin + len - e;  // the rest (len's remainder below align)
+      out.emplace_back(e, r);
+      e += r;
+    }
+  };
+  part(0, cut, want);
+  part(cut, total - cut, want_tail);
+  return out;
 }
-// How many units of `size` cover `len`.
-std::int64_t parts(std::int64_t len, std::int64_t size) { return len <= 0 ? 0 : (len + size - 1) / size; }
 
 [[noreturn]] void too_many(std::size_t units, std::int64_t target) {
   throw ValidationError("fusion layout makes " + std::to_string(units) + " work units of about " +
@@ -64,7 +88,7 @@ int dtype_code(DType t) { return t == DType::f16 ? kF16 : t == DType::bf16 ? kBF
 std::int64_t unit_elements_from_env() { return env_int("DIRECTPORT_FUSION_UNIT", kUnitElements, 256, std::int64_t(1) << 24); }
 int unit_group_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
 int blocks_per_sm_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_BLOCKS", kBlocksPerSm, 4, 5)); }
-bool even_split_from_env() { return env_int("DIRECTPORT_FUSION_EVEN", 1, 0, 1) == 1; }
+bool even_split_from_env() { return env_int("DIRECTPORT_FUSION_EVEN", 0, 0, 1) == 1; }
 
 std::uint64_t unit_cost(const Unit& u) {
   return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
@@ -72,19 +96,41 @@ std::uint64_t unit_cost(const Unit& u) {
 
 Balance estimate_balance(const FusionPlan& P, unsigned blocks, double fixed) {
   DP_EXPECTS(blocks >= 1 && fixed >= 0, "estimate_balance() needs at least one block and a fixed cost >= 0");
-  // The blocks' totals so far, the least on top: the next unit goes to the block free first.
-  std::priority_queue<double, std::vector<double>, std::greater<double>> free_at;
-  for (unsigned b = 0; b < blocks; ++b) free_at.push(0.0);
+  const std::size_t n = P.units.size();
+  // The kernel launches no more blocks than units.
+  blocks = static_cast<unsigned>(std::min<std::size_t>(blocks, std::max<std::size_t>(n, 1)));
+  auto cost = [&](std::size_t k) { return double(unit_cost(P.units[k])) + fixed; };
+  // As fuse_kernel hands them out: a block takes one unit as it starts, and the next one each
+  // time it starts a unit (thread 0 claims it while the block works), so a block holds the unit
+  // it runs and the one it will run next. Block b starts with units b and blocks + b.
+  struct Running {
+    double done;            // when its current unit ends
+    std::size_t next;       // the unit it holds for after, or n
+  };
+  auto later = [](const Running& x, const Running& y) { return x.done > y.done; };
+  std::priority_queue<Running, std::vector<Running>, decltype(later)> running(later);
+  std::size_t taken = 0;
   double total = 0, longest = 0;
-  for (const auto& u : P.units) {
-    const double c = double(unit_cost(u)) + fixed;
-    const double t = free_at.top() + c;
-    free_at.pop();
-    free_at.push(t);
-    total += c;
-    longest = std::max(longest, t);
+  for (unsigned b = 0; b < blocks && taken < n; ++b) running.push({cost(taken++), n});
+  // The second claims, in the same order (every block's first unit has started at 0).
+  std::vector<Running> first;
+  while (!running.empty()) {
+    first.push_back(running.top());
+    running.pop();
   }
-  return {P.units.size(), blocks, longest, total / blocks};
+  for (auto& r : first) r.next = taken < n ? taken++ : n;
+  for (auto& r : first) running.push(r);
+  for (std::size_t k = 0; k < std::min<std::size_t>(n, blocks); ++k) total += cost(k);
+  while (!running.empty()) {
+    Running r = running.top();
+    running.pop();
+    longest = std::max(longest, r.done);
+    if (r.next == n) continue;  // nothing held: the block is done
+    const double c = cost(r.next);
+    total += c;
+    running.push({r.done + c, taken < n ? taken++ : n});  // starts the held unit, claims the next
+  }
+  return {n, blocks, longest, total / blocks};
 }
 
 FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bool even) {
@@ -132,24 +178,18 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
     // The last quarter of a plane (rows, or elements) is cut into units of a quarter of the size
     // (kTailDivisor): taken last, they keep the launch's end short while the rest of the work
     // comes in units large enough that their fixed costs (a unit's taps, its rows of horizontal
-    // interpolation, its sums) stay small. Each part is cut evenly (even_split()), so that no
+    // interpolation, its sums) stay small. Each part is cut evenly (cut_plane()), so that no
     // large unit reaches into the last quarter and leaves it a sliver.
     if (d.mode == kCopy) {
       const std::int64_t align = d.vec ? kVec : 2;  // a unit starts and ends on a pair or a vector
       const std::int64_t n = std::max<std::int64_t>(align, target / g / align * align);
       const std::int64_t n_tail = std::max<std::int64_t>(align, target / kTailDivisor / g / align * align);
       const std::int64_t cut = (plane - plane / 4) / align * align;
-      const std::int64_t head_size = even ? even_split(cut, n, align) : n;
-      const std::int64_t tail_size = even ? even_split(plane - cut, n_tail, align) : n_tail;
-      const std::int64_t count = (d.channels + g - 1) / g * (parts(cut, head_size) + parts(plane - cut, tail_size));
+      const auto pieces = cut_plane(plane, cut, n, n_tail, align, even);
+      const std::int64_t count = (d.channels + g - 1) / g * std::int64_t(pieces.size());
       if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
       for (std::int64_t c = 0; c < d.channels; c += g) {
-        for (std::int64_t e = 0; e < plane;) {
-          // (Not even: a large unit may reach past the cut, as kernel 6's plan did, for measuring.)
-          const std::int64_t r = e < cut ? std::min(head_size, (even ? cut : plane) - e) : std::min(tail_size, plane - e);
-          push(c, e, r, 0, 0, 0, 0);
-          e += r;
-        }
+        for (const auto& [e, r] : pieces) push(c, e, r, 0, 0, 0, 0);
       }
       desc.push_back(d);
       continue;
@@ -170,8 +210,8 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
     auto span = [&](std::int64_t y0, std::int64_t rows) {  // input rows a band needs
       return std::int64_t(rt[y0 + rows - 1].i1) - std::int64_t(rt[y0].i0) + 1;
     };
-    // The most input rows `rows` consecutive output rows need, wherever they start (the bands of
-    // the plane's last quarter start anywhere); a shorter band needs no more.
+    // The most input rows `rows` consecutive output rows need, wherever they start (cut_plane()'s
+    // bands may start at any row); a shorter band needs no more.
     auto widest = [&](std::int64_t rows) {
       if (rows >= Hg) return span(0, Hg);
       std::int64_t m = 0;
@@ -191,18 +231,14 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
     const std::int64_t rows_tail = std::min(rows, rows_for(target / kTailDivisor));
     const std::int64_t cut = Hg - Hg / 4;
     // At most `rows` (`rows_tail`) a band, so their input rows fit as computed above.
-    const std::int64_t head_rows = even ? even_split(cut, rows, 1) : rows;
-    const std::int64_t tail_rows = even ? even_split(Hg - cut, rows_tail, 1) : rows_tail;
-    const std::int64_t count =
-        (d.channels + g - 1) / g * (parts(cut, head_rows) + parts(Hg - cut, tail_rows)) * ((Wg + cols - 1) / cols);
+    const auto bands = cut_plane(Hg, cut, rows, rows_tail, 1, even);
+    const std::int64_t count = (d.channels + g - 1) / g * std::int64_t(bands.size()) * ((Wg + cols - 1) / cols);
     if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
     for (std::int64_t c = 0; c < d.channels; c += g) {
-      for (std::int64_t y0 = 0; y0 < Hg;) {
-        const std::int64_t r = y0 < cut ? std::min(head_rows, (even ? cut : Hg) - y0) : std::min(tail_rows, Hg - y0);
+      for (const auto& [y0, r] : bands) {
         const std::int64_t need = span(y0, r);
         shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(std::min<std::int64_t>(g, d.channels - c) * need * cols * 4));
         for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, need);
-        y0 += r;
       }
     }
     desc.push_back(d);

@@ -76,20 +76,22 @@ struct FusionPlan {
 // callers below; here they must be >= 1 and 1..kMaxGroup). Throws ValidationError where the
 // layout would make more than 2^31 - 1 units.
 // `even`: the first three quarters of a plane, and its last quarter, are each cut into units of
-// one size (the last of each part smaller); false keeps the plan of kernel 6, whose last large
-// unit could reach past the cut and leave the last quarter a sliver (DIRECTPORT_FUSION_EVEN=0,
-// for measuring).
-FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = true);
+// sizes that differ by at most a vector (cut_plane() in fusion_plan.cpp); false is kernel 6's cut,
+// whose last large unit could reach past the three-quarter mark and leave the last quarter a
+// sliver. The kernel runs kernel 6's cut unless DIRECTPORT_FUSION_EVEN=1, until the even cut has
+// been measured on a GPU (docs/FUSION.md).
+FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = false);
 
 // A unit's size for ordering and estimates: its output elements plus the horizontal
 // interpolations a band makes first, over its channels.
 std::uint64_t unit_cost(const Unit& u);
 
-// How evenly `blocks` blocks share the plan's units when each takes the next unit in the plan's
-// order as soon as it is free (as the kernel's counter hands them out), under a cost model: a unit
-// costs unit_cost() plus `fixed` (its barriers, taps and sums, in output elements). `longest` and
-// `mean` are the blocks' totals in those units; longest / mean is 1 where the end is even. An
-// estimate from the plan alone (no GPU), for comparing plans, not a time.
+// How `blocks` blocks (at most one a unit) share the plan's units when they take them as
+// fuse_kernel hands them out (a block claims its next unit as it starts one), under a cost model:
+// a unit costs unit_cost() plus `fixed` (its barriers, taps and sums, in output elements).
+// `longest` is the busiest block's total, `mean` the blocks' mean; compare `longest` between plans
+// (more units also raise the mean). An estimate from the plan alone (no GPU), not a time: it does
+// not model an SM's blocks slowing each other.
 struct Balance {
   std::size_t units = 0;
   unsigned blocks = 0;
@@ -103,7 +105,7 @@ std::int64_t unit_elements_from_env();
 int unit_group_from_env();
 // DIRECTPORT_FUSION_BLOCKS (4 or 5, default kBlocksPerSm), checked the same way.
 int blocks_per_sm_from_env();
-// DIRECTPORT_FUSION_EVEN (0 or 1, default 1): plan_fusion()'s `even`.
+// DIRECTPORT_FUSION_EVEN (0 or 1, default 0): plan_fusion()'s `even`.
 bool even_split_from_env();
 
 }  // namespace dp::kernels::plan
