@@ -99,36 +99,28 @@ Balance estimate_balance(const FusionPlan& P, unsigned blocks, double fixed) {
   const std::size_t n = P.units.size();
   // The kernel launches no more blocks than units.
   blocks = static_cast<unsigned>(std::min<std::size_t>(blocks, std::max<std::size_t>(n, 1)));
+  if (n == 0) return {0, blocks, 0, 0};
   auto cost = [&](std::size_t k) { return double(unit_cost(P.units[k])) + fixed; };
+  double total = 0;
+  for (std::size_t k = 0; k < n; ++k) total += cost(k);  // every unit runs once
   // As fuse_kernel hands them out: a block takes one unit as it starts, and the next one each
   // time it starts a unit (thread 0 claims it while the block works), so a block holds the unit
   // it runs and the one it will run next. Block b starts with units b and blocks + b.
   struct Running {
-    double done;            // when its current unit ends
-    std::size_t next;       // the unit it holds for after, or n
+    double done;       // when its current unit ends
+    std::size_t next;  // the unit it holds for after, or n
   };
   auto later = [](const Running& x, const Running& y) { return x.done > y.done; };
   std::priority_queue<Running, std::vector<Running>, decltype(later)> running(later);
-  std::size_t taken = 0;
-  double total = 0, longest = 0;
-  for (unsigned b = 0; b < blocks && taken < n; ++b) running.push({cost(taken++), n});
-  // The second claims, in the same order (every block's first unit has started at 0).
-  std::vector<Running> first;
+  for (std::size_t b = 0; b < blocks; ++b) running.push({cost(b), blocks + b < n ? blocks + b : n});
+  std::size_t taken = std::min<std::size_t>(n, 2 * std::size_t(blocks));
+  double longest = 0;
   while (!running.empty()) {
-    first.push_back(running.top());
-    running.pop();
-  }
-  for (auto& r : first) r.next = taken < n ? taken++ : n;
-  for (auto& r : first) running.push(r);
-  for (std::size_t k = 0; k < std::min<std::size_t>(n, blocks); ++k) total += cost(k);
-  while (!running.empty()) {
-    Running r = running.top();
+    const Running r = running.top();
     running.pop();
     longest = std::max(longest, r.done);
     if (r.next == n) continue;  // nothing held: the block is done
-    const double c = cost(r.next);
-    total += c;
-    running.push({r.done + c, taken < n ? taken++ : n});  // starts the held unit, claims the next
+    running.push({r.done + cost(r.next), taken < n ? taken++ : n});  // starts the held unit, claims the next
   }
   return {n, blocks, longest, total / blocks};
 }
