@@ -137,11 +137,8 @@ int consumer(const Args& a) {
   cudaStream_t s;
   DP_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   auto gs = reinterpret_cast<GpuStream>(s);
-  std::uint64_t* host = nullptr;
   const std::size_t n = a.frames * 2;
-  DP_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&host), n * 2 * sizeof(std::uint64_t), cudaHostAllocMapped));
-  std::uint64_t* dev = nullptr;
-  DP_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&dev), host, 0));
+  dp::bench::Records rec(n, true);  // by the order received (the newest-frame policy skips frames)
   SubscribeOptions o;
   o.domain = a.domain;
   o.client_name = "consumer" + std::to_string(a.index);
@@ -155,7 +152,7 @@ int consumer(const Args& a) {
     auto f = sub.next(std::chrono::seconds(5), gs);
     auto t1 = platform::monotonic_ns();
     if (!f) break;
-    kernels::measure_since_gpu(static_cast<const std::uint64_t*>(f->data), dev + 2 * got, gs);
+    kernels::measure_since_gpu(static_cast<const std::uint64_t*>(f->data), rec.dev(got), gs);
     auto t2 = platform::monotonic_ns();
     sub.release(*f, gs);
     auto t3 = platform::monotonic_ns();
@@ -168,9 +165,8 @@ int consumer(const Args& a) {
   }
   DP_CUDA_CHECK(cudaStreamSynchronize(s));
   std::vector<double> lat;
-  for (auto i : paced_seq) lat.push_back(host[2 * i] / 1e3);
-  // Drop the first frames (first-touch of the mapping) from the latency sample.
-  if (lat.size() > 20) lat.erase(lat.begin(), lat.begin() + 10);
+  for (auto i : paced_seq) lat.push_back(rec.host(i)[0] / 1e3);
+  dp::bench::drop_warmup(lat);  // the first frames touch the mapping first
   auto c = sub.counters();
   std::cout << nlohmann::json{{"role", "consumer"},           {"index", a.index},
                               {"frames", got},                {"latency_us_p50", pct(lat, 0.5)},
@@ -178,7 +174,6 @@ int consumer(const Args& a) {
                               {"release_cpu_us_p50", pct(rel_us, 0.5)}, {"missed", c.missed}}
                    .dump()
             << std::endl;
-  cudaFreeHost(host);
   cudaStreamDestroy(s);
   return 0;
 }
@@ -391,6 +386,9 @@ int driver_main(const Args& a) {
     }
   }
   // Every list is checked whichever mechanisms run.
+  for (auto& waits : split(a.waits)) {
+    if (waits != "gpu" && waits != "cpu") throw ValidationError("--waits: '" + waits + "' is not gpu or cpu");
+  }
   for (auto& fence : split(a.fences)) {
     parse_fence_kind(fence);
     for (auto& words : split(a.ready_words)) {
@@ -398,7 +396,6 @@ int driver_main(const Args& a) {
       // Device ready words come with cuda-memop fences only.
       if (words == "device" && fence != "cuda-memop") continue;
       for (auto& waits : split(a.waits)) {
-        if (waits != "gpu" && waits != "cpu") throw ValidationError("--waits: '" + waits + "' is not gpu or cpu");
         for (auto& sl : split(a.slot_counts)) {
           std::uint64_t slots = parse_size(sl);
           if (slots < 2 || slots > protocol::kMaxSlots) {
@@ -418,7 +415,6 @@ int driver_main(const Args& a) {
   }
   if (with_raw) {
     for (auto& waits : split(a.waits)) {
-      if (waits != "gpu" && waits != "cpu") throw ValidationError("--waits: '" + waits + "' is not gpu or cpu");
       variants.push_back({"raw", "host", waits, "raw/host/" + waits + "/" + std::to_string(kRawInFlight), kRawInFlight, true});
     }
   }
