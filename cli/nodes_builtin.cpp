@@ -20,6 +20,7 @@
 #include "directport/kernels/checksum.hpp"
 #include "directport/kernels/frame_check.hpp"
 #include "directport/kernels/pattern.hpp"
+#include "directport/kernels/timing.hpp"
 #include "directport/platform/process.hpp"
 #include "nodes.hpp"
 #if DIRECTPORT_HAS_CUDA
@@ -134,6 +135,7 @@ int run_pattern_source(NodeContext& ctx) {
 #endif
   auto c = pub.counters();
   std::cout << nlohmann::json{{"node", name}, {"type", "pattern-source"}, {"published", c.published}, {"dropped", c.dropped},
+                            {"cut_off", c.cut_off},
                             {"acquire_us", percentiles(acquire_us)}}.dump()
             << std::endl;
   return 0;
@@ -148,6 +150,15 @@ int run_checksum_sink(NodeContext& ctx) {
   auto hold_ms = p["hold_ms"].get<double>();
   // Test hook: write into the first frame received, which must fault (read-only mapping).
   auto write_probe = p["write_probe"].get<bool>();
+  // Test hook: before releasing frame number `stall_after` (1-based), enqueue `stall_ms` of
+  // spinning on our stream, and stop synchronising it: the release runs that much later while we
+  // go on taking frames (a consumer whose stream stalls). Once the producer has cut us off
+  // (PROTOCOL.md §10.3) we wait the stall out and go on as before; the frames taken meanwhile
+  // are not verified (`unchecked`).
+  const auto stall_after = p["stall_after"].get<std::uint64_t>();
+  const auto stall_ms = p["stall_ms"].get<double>();
+  std::uint64_t taken = 0, unchecked = 0;
+  bool stalling = false;
   const auto forward = p["forward"].get<std::string>();
 
   Node& node = ctx.node();
@@ -183,10 +194,19 @@ int run_checksum_sink(NodeContext& ctx) {
     if (gpu) gs = gpu->gs();
 #endif
     auto f = waiter.next(gs);
+#if DIRECTPORT_HAS_CUDA
+    if (stalling && sub.counters().cuts > 0) {
+      std::fprintf(stderr, "cut off after %llu frames taken: waiting out our stall\n",
+                   static_cast<unsigned long long>(taken));
+      DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
+      stalling = false;
+    }
+#endif
     if (!f) {
       if (waiter.gave_up()) break;
       continue;
     }
+    ++taken;
     std::uint64_t result;
     if (write_probe) {
 #if DIRECTPORT_HAS_CUDA
@@ -210,7 +230,18 @@ int run_checksum_sink(NodeContext& ctx) {
         DP_CUDA_CHECK(cudaMemcpyAsync(out->data, f->data, f->bytes, cudaMemcpyDeviceToDevice, gpu->stream));
       }
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
+      if (taken == stall_after && stall_ms > 0) {
+        std::fprintf(stderr, "stalling our stream for %.0f ms before releasing frame %llu\n", stall_ms,
+                     static_cast<unsigned long long>(f->seq));
+        kernels::spin_gpu(static_cast<std::uint64_t>(stall_ms * 1e6), gs);
+        stalling = true;
+      }
       sub.release(*f, gs);
+      if (stalling) {
+        ++unchecked;
+        if (out) relay->abandon(*out);
+        continue;
+      }
       const auto t_sync = std::chrono::steady_clock::now();
       DP_CUDA_CHECK(cudaStreamSynchronize(gpu->stream));
       sample(sync_us, sync_seen, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t_sync).count());
@@ -246,6 +277,7 @@ int run_checksum_sink(NodeContext& ctx) {
   nlohmann::json report{{"node", name},         {"type", "checksum-sink"}, {"from", from},
                         {"verified", ok},       {"bad", bad},              {"missed", c.missed},
                         {"dropped", c.dropped}, {"invalidated", c.invalidated}, {"reconnects", c.reconnects},
+                        {"cuts", c.cuts},       {"unchecked", unchecked},
                         {"next_us", waiter.next_us()}, {"sync_us", percentiles(sync_us)}};
   if (relay) report["forwarded"] = relay->counters().published;
   std::cout << report.dump() << std::endl;
@@ -352,6 +384,7 @@ StreamSpec stamped_frames_spec(const nlohmann::json& p) {
   spec.dtype = DType::u64;
   spec.shape = {static_cast<std::int64_t>(bytes / 8)};
   spec.slots = p["slots"].get<std::uint32_t>();
+  spec.release_timeout = std::chrono::milliseconds(p["release_timeout_ms"].get<std::int64_t>());
   return spec;
 }
 
@@ -359,7 +392,9 @@ std::vector<ParamSpec> stamped_source_params(std::vector<ParamSpec> kind_params)
   using T = ParamType;
   std::vector<ParamSpec> p{{"stream", T::string, "frames", false, "name of the published stream"},
                            {"bytes", T::integer, 1 << 20, false, "frame size in bytes, a multiple of 8, >= 24"},
-                           {"slots", T::integer, 3, false, "slots in the ring (2..16)"}};
+                           {"slots", T::integer, 3, false, "slots in the ring (2..16)"},
+                           {"release_timeout_ms", T::integer, 5000, false,
+                            "GPU streams: cut off a consumer whose release holds our stream this long (1..3600000)"}};
   p.insert(p.end(), kind_params.begin(), kind_params.end());
   p.insert(p.end(), {{"rate_hz", T::number, 200.0, false, "frames per second (0: unpaced)"},
                      {"frames", T::integer, 0, false, "stop after this many frames (0: until stopped)"},
@@ -415,6 +450,8 @@ void register_builtin_nodes(NodeRegistry& r) {
                  {"timeout_s", T::number, 10.0, false, "give up after this long without a frame"},
                  {"hold_ms", T::number, 0.0, false, "hold each frame this long (a slow consumer)"},
                  {"write_probe", T::boolean, false, false, "test hook: write into the read-only mapping"},
+                 {"stall_after", T::integer, 0, false, "test hook: stall our GPU stream before releasing this frame (1-based; 0: never)"},
+                 {"stall_ms", T::number, 0.0, false, "test hook: how long that stall lasts"},
                  {"forward", T::string, "", false, "relay: publish a copy of every frame as this stream (GPU streams)"},
                  {"forward_memory", T::string, "vulkan", false, "memory of the relayed stream (cuda-vmm | cuda-ipc | vulkan)"},
                  {"forward_fence", T::string, "auto", false, "fence of the relayed stream (auto | cuda-memop | vulkan-timeline)"}};

@@ -4,6 +4,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <random>
 
@@ -83,6 +84,15 @@ void Broker::on_tick(TickHandler h) { on_tick_ = std::move(h); }
 void Broker::start() {
   DP_EXPECTS(!thread_.joinable(), "broker already started");
   thread_ = std::thread([this] { run(); });
+}
+
+void Broker::disconnect(std::uint64_t connection_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    to_close_.push_back(connection_id);
+  }
+  std::uint64_t one = 1;
+  if (::write(wake_.get(), &one, sizeof one) < 0) log_cleanup_failure("waking the broker thread");
 }
 
 void Broker::stop() noexcept {
@@ -184,6 +194,20 @@ void Broker::run() noexcept {
   auto listen_again = last_tick;
   bool accept_failing = false;  // log the first failure of a streak only
   while (!stop_) {
+    // Connections closed by disconnect(): clear the wake-up, then close them.
+    std::vector<std::uint64_t> to_close;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      to_close.swap(to_close_);
+    }
+    if (!to_close.empty()) {
+      std::uint64_t drained;
+      while (::read(wake_.get(), &drained, sizeof drained) > 0) {
+      }
+      for (std::size_t i = conns.size(); i-- > 0;) {
+        if (std::find(to_close.begin(), to_close.end(), conns[i]->peer.connection_id) != to_close.end()) drop(i);
+      }
+    }
     std::vector<pollfd> pfds;
     pfds.push_back({wake_.get(), POLLIN, 0});
     const bool listening = std::chrono::steady_clock::now() >= listen_again;

@@ -1,8 +1,11 @@
 #include "directport/core/node.hpp"
 
+#include <cstdio>
+
 #include "directport/core/discovery.hpp"
 #include "directport/core/error.hpp"
 #include "directport/core/names.hpp"
+#include "directport/platform/process.hpp"
 
 namespace dp {
 namespace {
@@ -49,7 +52,29 @@ Node::Node(NodeOptions opts)
     }
     rewrite_manifest();
   });
-  broker_->on_tick([this] { manifest_.heartbeat(); });
+  broker_->on_tick([this] {
+    manifest_.heartbeat();
+    // A consumer whose enqueued release has held a stream's GPU work past the stream's
+    // release_timeout (alive, its own stream stalled) is cut off (PROTOCOL.md §10.3).
+    std::vector<std::uint64_t> stalled;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const auto now = platform::monotonic_ns();
+      for (auto& p : publishers_) {
+        if (auto s = p->stalled(now)) {
+          std::fprintf(stderr,
+                       "directport: node %s stream %s: consumer '%s' (connection %llu) has not run its release of "
+                       "frame %llu for %.0f ms, and our GPU stream waits for it (release_timeout %lld ms): "
+                       "cutting it off\n",
+                       opts_.name.c_str(), p->spec().name.c_str(), s->client.c_str(),
+                       static_cast<unsigned long long>(s->connection_id), static_cast<unsigned long long>(s->seq),
+                       s->waited_ms, static_cast<long long>(p->spec().release_timeout.count()));
+          stalled.push_back(s->connection_id);
+        }
+      }
+    }
+    for (auto id : stalled) cut_off(id);
+  });
   rewrite_manifest();
   broker_->start();
 }
@@ -61,6 +86,15 @@ Node::~Node() {
   }
   broker_->stop();
   // ManifestWriter's segment unlinks the name on destruction.
+}
+
+void Node::cut_off(std::uint64_t connection_id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& p : publishers_) p->cut(connection_id);
+  }
+  broker_->disconnect(connection_id);
+  rewrite_manifest();
 }
 
 Publisher* Node::find(const std::string& stream) {

@@ -75,7 +75,19 @@ bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
     return false;
   }
   for (std::size_t i = 0; i < subs_.size(); ++i) {
-    if (waits[i]) transport_->wait_released(stream, subs_[i]->view, slot, waits[i]);
+    if (!waits[i]) continue;
+    transport_->wait_released(stream, subs_[i]->view, slot, waits[i]);
+    const std::uint64_t before = next_seq_ - 1;  // the frame our stream signals just before this wait
+    release_waits_.push({subs_[i]->id, subs_[i]->connection_id, slot, waits[i], last_published_slot_, before});
+  }
+  return true;
+}
+
+// Whether a recorded GPU wait has passed, as far as the CPU can tell: its consumer's release ran
+// (or the consumer is gone, its releases raised).
+bool Publisher::wait_passed(const ReleaseWaits::Wait& w) const {
+  for (auto& s : subs_) {
+    if (s->id == w.subscription) return s->view.records[w.slot].released.load(std::memory_order_acquire) >= w.value;
   }
   return true;
 }
@@ -93,6 +105,7 @@ std::optional<SlotLease> Publisher::acquire(GpuStream stream) {
   for (;;) {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      release_waits_.prune([this](const ReleaseWaits::Wait& w) { return wait_passed(w); });
       for (std::uint32_t i = 1; i <= spec_.slots; ++i) {
         std::uint32_t k = (last_slot_ + i) % spec_.slots;
         if (try_claim(k, stream)) {
@@ -123,6 +136,7 @@ void Publisher::publish(const SlotLease& lease, const FrameInfo& info, GpuStream
   const bool signal_late = transport_->gpu_side();
   if (!signal_late) transport_->signal_ready(stream, lease.slot, lease.seq);
   slot_seq_[lease.slot] = lease.seq;
+  last_published_slot_ = lease.slot;
   auto& meta = control_.slots[lease.slot];
   std::int64_t now = platform::monotonic_ns();
   meta.frame_id.store(info.frame_id, std::memory_order_relaxed);
@@ -166,7 +180,25 @@ void Publisher::abandon(const SlotLease& lease) {
 }
 
 Publisher::Counters Publisher::counters() const {
-  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load(), wakeups_.load()};
+  return {control_.published.load(), control_.dropped.load(), control_.subscribers.load(), wakeups_.load(),
+          cut_off_.load()};
+}
+
+std::optional<Publisher::Stalled> Publisher::stalled(std::int64_t now_ns) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (release_waits_.size() == 0) return std::nullopt;
+  const std::int64_t bound = std::chrono::duration_cast<std::chrono::nanoseconds>(spec_.release_timeout).count();
+  auto head = release_waits_.check(
+      now_ns, bound, [this](const ReleaseWaits::Wait& w) { return wait_passed(w); },
+      [this](std::uint32_t slot, std::uint64_t seq) {
+        return protocol::genuinely_ready(transport_->ready_word(slot).load(std::memory_order_acquire), seq);
+      });
+  if (!head) return std::nullopt;
+  Stalled out{head->wait.connection, "", head->wait.value, head->waited_ns / 1e6};
+  for (auto& s : subs_) {
+    if (s->id == head->wait.subscription) out.client = s->client;
+  }
+  return out;
 }
 
 nlohmann::json Publisher::describe() const {
@@ -220,12 +252,68 @@ void Publisher::release_dead(Subscription& s) noexcept {
   }
 }
 
+void Publisher::mark_cut(Subscription& s, const std::uint64_t* waited) noexcept {
+  // In this order (PROTOCOL.md §10.3):
+  //   1. what the consumer had read when we stopped looking at its holds: per slot, its last
+  //      release that ran (frames of the slot up to it are whole, later ones may be overwritten);
+  //   2. the mark: from here on the consumer judges its frames by (1) and takes the EOF for a cut;
+  //   3. the releases our GPU stream waits for, raised: unlike release_dead(), only those, and
+  //      flagged (kForcedReady), so that the consumer's own stream, when it runs its releases,
+  //      writes over them; a word its stream has written since (at or above the wait) is left
+  //      alone. The consumer reconnects once its stream has run them (its releases' words plain).
+  // Only after (3) may a slot be overwritten; any read that overlaps that ends after (2).
+  try {
+    auto rw = platform::Segment::map_fd(s.mapping.fd().dup(), protocol::kFencePageBytes, platform::Access::read_write);
+    auto* recs = static_cast<ReleaseRecord*>(rw.data());
+    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+      recs[k].released_at_cut.store(recs[k].released.load(std::memory_order_acquire), std::memory_order_seq_cst);
+    }
+    fence::consumer_state(static_cast<void*>(recs)).cut.store(1, std::memory_order_seq_cst);
+    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+      std::uint64_t v = recs[k].released.load(std::memory_order_acquire);
+      while (v < waited[k] && !recs[k].released.compare_exchange_weak(v, waited[k] | protocol::kForcedReady,
+                                                                       std::memory_order_acq_rel)) {
+      }
+      if (waited[k]) fence::host_wake(recs[k].released);
+    }
+  } catch (const std::exception& e) {
+    log_cleanup_failure(std::string("cutting off a stalled consumer: ") + e.what());
+  }
+}
+
+void Publisher::cut(std::uint64_t connection_id) noexcept {
+  std::vector<std::unique_ptr<Subscription>> gone;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = subs_.begin(); it != subs_.end();) {
+      if ((*it)->connection_id != connection_id) {
+        ++it;
+        continue;
+      }
+      // The highest release value each slot's GPU waits of ours still need.
+      std::uint64_t waited[protocol::kMaxSlots] = {};
+      for (std::size_t i = 0; i < release_waits_.size(); ++i) {
+        const auto& w = release_waits_.at(i);
+        if (w.subscription == (*it)->id) waited[w.slot] = std::max(waited[w.slot], w.value);
+      }
+      mark_cut(**it, waited);
+      release_waits_.forget((*it)->id);
+      gone.push_back(std::move(*it));
+      it = subs_.erase(it);
+    }
+    control_.subscribers.store(subs_.size());
+  }
+  cut_off_.fetch_add(gone.empty() ? 0 : 1, std::memory_order_relaxed);
+  for (auto& s : gone) transport_->detach(s->view, std::move(s->mapping));
+}
+
 void Publisher::drop_connection(std::uint64_t connection_id) noexcept {
   std::vector<std::unique_ptr<Subscription>> gone;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = subs_.begin(); it != subs_.end();) {
       if ((*it)->connection_id == connection_id) {
+        release_waits_.forget((*it)->id);
         gone.push_back(std::move(*it));
         it = subs_.erase(it);
       } else {
@@ -281,6 +369,32 @@ struct Subscriber::Connection {
   std::thread watchdog;
   std::atomic<bool> stop{false};
   std::atomic<bool> dead{false};
+  bool cut = false;  // the producer cut us off (set by the application thread, producer_cut())
+  // The producer marked our page cut (PROTOCOL.md §10.3): it is alive, and no longer waits for us.
+  bool page_cut() { return state().cut.load(std::memory_order_seq_cst) != 0; }
+  // Whether frame `seq` of slot k was read before the producer cut us off (or we were not cut).
+  bool read_before_cut(std::uint32_t k, std::uint64_t seq) {
+    return !page_cut() || record(k).released_at_cut.load(std::memory_order_seq_cst) >= seq;
+  }
+  // Whether every release we enqueued has run on our streams: the words hold what our streams
+  // wrote, not the producer's raise (kForcedReady) or less.
+  bool releases_ran() {
+    for (std::uint32_t k = 0; k < spec.slots; ++k) {
+      const std::uint64_t e = record(k).release_enqueued.load(std::memory_order_acquire);
+      const std::uint64_t r = record(k).released.load(std::memory_order_acquire);
+      if (e && ((r & protocol::kForcedReady) || r < e)) return false;
+    }
+    return true;
+  }
+  // Whether no GPU wait of ours on this connection can still be pending: every frame we claimed
+  // has its ready word reached (by the producer, or raised by us).
+  bool waits_settled() {
+    for (std::uint32_t k = 0; k < spec.slots; ++k) {
+      const std::uint64_t h = record(k).held.load();
+      if (h && !protocol::genuinely_ready(transport->ready_value(k), h) && !forced(k, h)) return false;
+    }
+    return true;
+  }
   std::atomic<std::uint64_t> forced_seq[protocol::kMaxSlots] = {};  // ready words we raised
   // Whether the watchdog raised slot k's ready word for the frame `seq` (it raises a word only to
   // the seq held in that slot, never reached by the producer: that frame has no data).
@@ -296,7 +410,9 @@ struct Subscriber::Connection {
       while (!stop.load()) {
         // Only a producer known to be dead (EOF, or its process gone) may have its fences
         // written (DESIGN §3). A stale heartbeat alone means "stuck": reported, never acted on.
-        bool gone = dead.load() || client.peer_gone() || !platform::is_alive(manifest.owner());
+        // A cut (the producer marked our page before it closed the connection) is no death: the
+        // producer is alive and will write its words; only its death, later, lets us write them.
+        bool gone = dead.load() || !platform::is_alive(manifest.owner()) || (client.peer_gone() && !page_cut());
         if (gone) {
           dead = true;
           for (std::uint32_t k = 0; k < spec.slots; ++k) {
@@ -406,6 +522,9 @@ void Subscriber::connect(bool* settled) {
   c->dropped_base = c->control->dropped.load();
   std::uint64_t latest = c->control->latest_seq.load(std::memory_order_acquire);
   last_seq_ = latest ? latest - 1 : 0;
+  // Back with the instance that cut us off: its seqs go on, and frames we had are not taken again.
+  if (cut_owner_ && *cut_owner_ == c->manifest.owner()) last_seq_ = std::max(last_seq_, cut_last_seq_);
+  cut_owner_.reset();
   if (c->spec.memory != MemoryKind::host) c->start_watchdog();
   last_spec_ = c->spec;
   conn_ = std::move(c);
@@ -443,13 +562,24 @@ bool Subscriber::check_producer() {
   if (conn_) {
     if (now - last_check_ns_ < 1000000) return true;  // check the socket at most every 1 ms
     last_check_ns_ = now;
+    if (!retired_.empty()) prune_retired();
     if (!conn_->dead.load() && !conn_->client.peer_gone()) {
       counters_.dropped = conn_->control->dropped.load() - conn_->dropped_base;
       return true;
     }
-    producer_died();
+    if (!conn_->dead.load() && conn_->page_cut()) {
+      producer_cut();
+    } else {
+      producer_died();
+    }
   }
+  prune_retired();
   if (now < next_reconnect_ns_) return false;
+  // Cut off: subscribe again only once our streams have run the releases we enqueued before the
+  // cut. A stream still stalled would hold the producer again from the first frame.
+  for (auto& r : retired_) {
+    if (r->cut && !r->releases_ran()) return false;
+  }
   next_reconnect_ns_ = now + std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.reconnect_interval).count();
   try {
     connect();
@@ -460,8 +590,40 @@ bool Subscriber::check_producer() {
   }
 }
 
+void Subscriber::producer_cut() noexcept {
+  auto& c = *conn_;
+  c.cut = true;
+  ++counters_.cuts;
+  cut_owner_ = c.manifest.owner();
+  cut_last_seq_ = last_seq_;
+  // The watchdog keeps running: the producer is alive and will write the ready words we wait on,
+  // but if it dies first, the watchdog raises them as for any death.
+  for (std::uint32_t k = 0; k < c.spec.slots; ++k) {
+    const std::uint64_t held = c.record(k).held.load();
+    if (held && !c.read_before_cut(k, held)) {
+      c.invalid_seqs.push_back(held);
+      ++counters_.invalidated;
+    }
+  }
+  retired_.push_back(std::move(conn_));
+  conn_.reset();
+  next_reconnect_ns_ = 0;
+}
+
+void Subscriber::prune_retired() noexcept {
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                [](const std::unique_ptr<Connection>& r) {
+                                  return r->held == 0 && (!r->cut || (r->releases_ran() && r->waits_settled()));
+                                }),
+                 retired_.end());
+}
+
 Subscriber::State Subscriber::state() {
-  return check_producer() ? State::connected : State::producer_gone;
+  if (check_producer()) return State::connected;
+  for (auto& r : retired_) {
+    if (r->cut && r->generation == generation_) return State::cut_off;
+  }
+  return State::producer_gone;
 }
 
 std::optional<Frame> Subscriber::claim(std::uint64_t seq, GpuStream stream) {
@@ -564,10 +726,11 @@ void Subscriber::release(const Frame& f, GpuStream stream) {
     --conn_->held;
     return;
   }
-  // A frame from a producer instance that has died: nobody waits for its release.
+  // A frame from a producer instance that has died, or that cut us off: nobody waits for its
+  // release. The connection goes once nothing of it is needed (prune_retired()).
   for (auto it = retired_.begin(); it != retired_.end(); ++it) {
     if ((*it)->generation == f.generation) {
-      if (--(*it)->held == 0) retired_.erase(it);
+      if (--(*it)->held == 0) prune_retired();
       return;
     }
   }
@@ -576,10 +739,12 @@ void Subscriber::release(const Frame& f, GpuStream stream) {
 
 bool Subscriber::is_valid(const Frame& f) const {
   // The watchdog thread may have raised this frame's word before this thread noticed the death.
-  if (conn_ && f.generation == conn_->generation) return !conn_->forced(f.slot, f.seq);
+  // The producer may have cut us off before this thread noticed: the page says so at once.
+  if (conn_ && f.generation == conn_->generation) return !conn_->forced(f.slot, f.seq) && conn_->read_before_cut(f.slot, f.seq);
   for (auto& r : retired_) {
     if (r->generation == f.generation) {
-      return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end();
+      return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end() &&
+             r->read_before_cut(f.slot, f.seq);
     }
   }
   return false;

@@ -101,6 +101,10 @@ void StreamSpec::validate() const {
   if (acquire_timeout.count() < 0 || acquire_timeout > std::chrono::seconds(60)) {
     throw ValidationError(where + "acquire_timeout must be 0..60 s");
   }
+  if (release_timeout.count() < 1 || release_timeout > std::chrono::hours(1)) {
+    throw ValidationError(where + "release_timeout must be 1 ms..1 h, got " + std::to_string(release_timeout.count()) +
+                          " ms");
+  }
   if (!layout.is_null()) {
     if (!layout.is_object()) throw ValidationError(where + "layout must be a JSON object");
     if (layout.dump().size() > kMaxLayoutBytes) {
@@ -117,7 +121,8 @@ nlohmann::json spec_to_json(const StreamSpec& s) {
                    {"frame_bytes", s.frame_bytes()},
                    {"memory", memory_kind_name(s.memory)},
                    {"fence", fence_kind_name(s.fence)},
-                   {"acquire_timeout_us", s.acquire_timeout.count()}};
+                   {"acquire_timeout_us", s.acquire_timeout.count()},
+                   {"release_timeout_ms", s.release_timeout.count()}};
   if (!s.layout.is_null()) j["layout"] = s.layout;
   return j;
 }
@@ -152,6 +157,12 @@ StreamSpec spec_from_json(const nlohmann::json& j) {
         throw ValidationError("stream spec 'acquire_timeout_us' has the wrong type: not an integer");
       }
       s.acquire_timeout = std::chrono::microseconds(j["acquire_timeout_us"].get<std::int64_t>());
+    }
+    if (j.contains("release_timeout_ms")) {
+      if (!j["release_timeout_ms"].is_number_integer()) {
+        throw ValidationError("stream spec 'release_timeout_ms' has the wrong type: not an integer");
+      }
+      s.release_timeout = std::chrono::milliseconds(j["release_timeout_ms"].get<std::int64_t>());
     }
     if (j.contains("layout")) s.layout = j["layout"];  // checked by validate()
   } catch (const nlohmann::json::exception& e) {

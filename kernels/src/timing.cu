@@ -23,7 +23,18 @@ __global__ void since_kernel(const std::uint64_t* frame, std::uint64_t* out) {
   out[1] = frame[1];
 }
 
+__global__ void spin_kernel(std::uint64_t ns) {
+  const std::uint64_t until = globaltimer() + ns;
+  while (globaltimer() < until) {
+  }
+}
+
 }  // namespace
+
+void spin_gpu(std::uint64_t ns, GpuStream stream) {
+  spin_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(ns);
+  DP_CUDA_CHECK(cudaGetLastError());
+}
 
 void stamp_time_gpu(std::uint64_t* dst, std::uint64_t seq, GpuStream stream) {
   stamp_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(dst, seq);

@@ -353,6 +353,28 @@ TEST_F(BrokerTest, DisconnectHandlerSeesGreetedPeersOnly) {
   EXPECT_EQ(disconnected(), std::vector<std::string>{"erin"});
 }
 
+// disconnect() closes the one connection named, from any thread: the peer sees EOF, the
+// disconnect handler runs for it, the others stay.
+TEST_F(BrokerTest, DisconnectClosesTheNamedConnectionOnly) {
+  std::mutex mu;
+  std::vector<std::string> gone;
+  broker().on_disconnect([&](const PeerInfo& p) {
+    std::lock_guard<std::mutex> lock(mu);
+    gone.push_back(p.client_name);
+  });
+  broker().start();
+  auto keep = client("keep");
+  auto cut = client("cut");
+  broker().disconnect(cut.welcome()["connection"].get<std::uint64_t>());
+  broker().disconnect(987654);  // nobody: nothing happens
+  EXPECT_TRUE(test::wait_until([&] { return cut.peer_gone(); }, 5s));
+  EXPECT_TRUE(test::wait_until([&] { return broker().connection_count() == 1; }, 5s));
+  EXPECT_FALSE(keep.peer_gone());
+  EXPECT_EQ(keep.request({{"op", "get"}, {"names", nlohmann::json::array()}}).body["op"], "fds");
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(gone, std::vector<std::string>{"cut"});
+}
+
 TEST_F(BrokerTest, ManyClientsAtOnce) {
   register_memfd("mem", "shared");
   broker().start();

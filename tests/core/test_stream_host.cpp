@@ -479,6 +479,52 @@ TEST_F(StreamHost, SpecStaysKnownWhileTheProducerIsGone) {
   EXPECT_EQ(spec_to_json(sub.spec()), before);
 }
 
+// A consumer the producer cuts off (Node::cut_off: the broker's tick does it to one whose release
+// holds a GPU stream past its release_timeout, PROTOCOL.md §10.3) sees a cut, not a death: the
+// frame it had not released is invalid at once, the one it had released stays valid, the
+// producer no longer counts its holds, and it subscribes again (its releases, on the CPU, have
+// all run).
+TEST_F(StreamHost, ACutConsumerLosesWhatItHadNotReadAndSubscribesAgain) {
+  Node node(node_opts("cam"));
+  auto& pub = node.advertise(test::host_spec("rgb", kBytes, 3, 20ms));
+  Subscriber sub("cam", "rgb", sub_opts());
+  test::PublishStats ps;
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  auto f1 = sub.next(1s);
+  auto f2 = sub.next(1s);
+  ASSERT_TRUE(f1 && f2);
+  sub.release(*f1);
+  const auto connection = pub.consumers()[0]["connection"].get<std::uint64_t>();
+  node.cut_off(connection);
+  EXPECT_EQ(pub.counters().cut_off, 1u);
+  EXPECT_EQ(pub.counters().subscribers, 0u);
+  // At once, whether or not the subscriber has looked at its connection yet.
+  EXPECT_TRUE(sub.is_valid(*f1)) << "released (read) before the cut";
+  EXPECT_FALSE(sub.is_valid(*f2)) << "still held at the cut: its slot may be rewritten";
+  // The producer no longer waits for the holds of the consumer it cut: every slot is writable.
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  EXPECT_EQ(pub.counters().dropped, 0u);
+  ASSERT_TRUE(test::wait_until([&] { return sub.state() == Subscriber::State::connected && sub.counters().reconnects == 1; }, 5s))
+      << "cuts " << sub.counters().cuts << ", reconnects " << sub.counters().reconnects << ", state "
+      << static_cast<int>(sub.state());
+  ASSERT_TRUE(test::wait_until([&] { return pub.counters().subscribers == 1; }, 5s));
+  auto c = sub.counters();
+  EXPECT_EQ(c.cuts, 1u);
+  EXPECT_EQ(c.invalidated, 1u);
+  EXPECT_FALSE(sub.is_valid(*f2));
+  sub.release(*f2);  // a frame of the cut connection: nothing to write, no error
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  auto f3 = sub.next(1s);
+  ASSERT_TRUE(f3);
+  EXPECT_EQ(f3->generation, 2u);
+  test::FrameVerifier v(seed_, 1, kBytes);
+  EXPECT_TRUE(v.check(*f3)) << v.to_json();
+  EXPECT_TRUE(sub.is_valid(*f3));
+  sub.release(*f3);
+  EXPECT_EQ(pub.counters().cut_off, 1u);
+}
+
 TEST_F(StreamHost, GracefulProducerStopIsSeenAsProducerGone) {
   auto node = std::make_unique<Node>(node_opts("cam"));
   auto& pub = node->advertise(test::host_spec("rgb", kBytes));
@@ -717,6 +763,41 @@ TEST_F(StreamHostMP, KilledConsumersHoldsAreReleased) {
   EXPECT_TRUE(test::wait_until([&] { return test::publish_one(pub, seed_, 1, ps); }, 5s));
   for (int i = 0; i < 10; ++i) EXPECT_TRUE(test::publish_one(pub, seed_, 1, ps));
   EXPECT_EQ(pub.counters().subscribers, 0u);
+}
+
+// The cut across processes: a consumer holding a frame is cut off by the producer (this
+// process), which then writes every slot; the consumer goes on with the frames published after,
+// every one intact, and reports the cut, the frame it lost and its new subscription.
+TEST_F(StreamHostMP, ACutConsumerGoesOnWithIntactFrames) {
+  Node node(node_opts("src"));
+  auto& pub = node.advertise(test::host_spec("frames", kBytes, 3, 20ms));
+  const int frames = 60;
+  auto c = consumer("src", "frames", {"hold_first=1", "frames=" + std::to_string(frames), "client=cut-me"});
+  ASSERT_TRUE(c.expect("ready", 10s)) << c.transcript();
+  ASSERT_TRUE(test::wait_until([&] { return pub.counters().subscribers == 1; }, 5s));
+  test::PublishStats ps;
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  ASSERT_TRUE(c.expect("holding", 10s)) << c.transcript();
+  node.cut_off(pub.consumers()[0]["connection"].get<std::uint64_t>());
+  EXPECT_EQ(pub.counters().cut_off, 1u);
+  const auto give_up = std::chrono::steady_clock::now() + 30s;
+  while (ps.published < std::uint64_t(frames) && std::chrono::steady_clock::now() < give_up) {
+    // Once it has subscribed again (its first frames after the cut may be missed: it starts
+    // at the newest).
+    if (pub.counters().subscribers == 1) test::publish_one(pub, seed_, 1, ps);
+    std::this_thread::sleep_for(2ms);
+  }
+  ASSERT_EQ(ps.published, std::uint64_t(frames));
+  auto r = result_of(c);
+  ASSERT_FALSE(r.is_null()) << c.transcript();
+  EXPECT_EQ(r["mismatches"], 0) << r.dump();
+  EXPECT_EQ(r["last_seq"], frames) << r.dump();
+  EXPECT_EQ(r["cuts"], 1) << r.dump();
+  EXPECT_EQ(r["reconnects"], 1) << r.dump();
+  EXPECT_EQ(r["invalidated"], 1) << r.dump();
+  EXPECT_EQ(r["held_valid"], false) << r.dump();
+  EXPECT_EQ(r["state"], "connected") << r.dump();
+  EXPECT_EQ(pub.counters().dropped, 0u);
 }
 
 TEST_F(StreamHostMP, ProducerKeepsPublishingWhenAConsumerIsKilledMidRun) {

@@ -160,6 +160,27 @@ TEST(Types, ValidateAcquireTimeout) {
   EXPECT_NO_THROW(s.validate());
 }
 
+TEST(Types, ValidateReleaseTimeout) {
+  auto s = good();
+  s.release_timeout = std::chrono::milliseconds(0);
+  expect_invalid(s, "release_timeout");
+  s.release_timeout = std::chrono::hours(2);
+  expect_invalid(s, "release_timeout");
+  s.release_timeout = std::chrono::milliseconds(1);
+  EXPECT_NO_THROW(s.validate());
+  // Carried in the manifest and the subscribe reply; an old manifest without it gets the default.
+  s.release_timeout = std::chrono::milliseconds(750);
+  auto j = spec_to_json(s);
+  EXPECT_EQ(j["release_timeout_ms"], 750);
+  EXPECT_EQ(spec_from_json(j).release_timeout, s.release_timeout);
+  j.erase("release_timeout_ms");
+  EXPECT_EQ(spec_from_json(j).release_timeout, StreamSpec{}.release_timeout);
+  j["release_timeout_ms"] = "later";
+  EXPECT_THROW(spec_from_json(j), ValidationError);
+  j["release_timeout_ms"] = 0;
+  EXPECT_THROW(spec_from_json(j), ValidationError);
+}
+
 TEST(Types, JsonRoundTrip) {
   for (auto mem : {MemoryKind::host, MemoryKind::cuda_vmm, MemoryKind::cuda_ipc}) {
     auto s = good();

@@ -40,18 +40,30 @@ class GpuTransport : public dp::test::GpuTest {
     dp::remove_stale(domain_, std::chrono::seconds(0));
     EXPECT_TRUE(dp::list_nodes(domain_).empty()) << "manifests left behind in " << domain_;
   }
-  Proc source(std::uint64_t bytes, int wait_subs, double rate = 0, const std::string& memory = "cuda-vmm") {
-    auto p = spawn({"node", "pattern-source", "-n", "src", "-d", domain_, "-p", "bytes=" + std::to_string(bytes),
-                    "-p", "memory=" + memory, "-p", "rate_hz=" + std::to_string(rate), "-p",
-                    "wait_subscribers=" + std::to_string(wait_subs)});
+  // `extra`: more key=value params.
+  Proc source(std::uint64_t bytes, int wait_subs, double rate = 0, const std::string& memory = "cuda-vmm",
+              const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args{"node", "pattern-source", "-n", "src", "-d", domain_, "-p", "bytes=" + std::to_string(bytes),
+                                  "-p", "memory=" + memory, "-p", "rate_hz=" + std::to_string(rate), "-p",
+                                  "wait_subscribers=" + std::to_string(wait_subs)};
+    auto p = spawn(with_params(std::move(args), extra));
     wait_running("src");
     return p;
   }
-  Proc sink(int i, std::uint64_t frames, double hold_ms = 0, bool probe = false, double timeout_s = 20) {
-    return spawn({"node", "checksum-sink", "-n", "sink" + std::to_string(i), "-d", domain_, "-p",
-                  "from=src/frames", "-p", "frames=" + std::to_string(frames), "-p", "hold_ms=" + std::to_string(hold_ms),
-                  "-p", std::string("write_probe=") + (probe ? "true" : "false"), "-p",
-                  "timeout_s=" + std::to_string(timeout_s)});
+  Proc sink(int i, std::uint64_t frames, double hold_ms = 0, bool probe = false, double timeout_s = 20,
+            const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args{"node", "checksum-sink", "-n", "sink" + std::to_string(i), "-d", domain_, "-p",
+                                  "from=src/frames", "-p", "frames=" + std::to_string(frames), "-p", "hold_ms=" + std::to_string(hold_ms),
+                                  "-p", std::string("write_probe=") + (probe ? "true" : "false"), "-p",
+                                  "timeout_s=" + std::to_string(timeout_s)};
+    return spawn(with_params(std::move(args), extra));
+  }
+  static std::vector<std::string> with_params(std::vector<std::string> args, const std::vector<std::string>& extra) {
+    for (auto& e : extra) {
+      args.push_back("-p");
+      args.push_back(e);
+    }
+    return args;
   }
   void wait_running(const std::string& node) {
     for (int i = 0; i < 1000; ++i) {
@@ -161,6 +173,44 @@ TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
   auto [rcs, js] = finish(src);
   EXPECT_EQ(rcs, 0);
   EXPECT_GE(js.value("published", 0ull), 5000u);
+}
+
+// A consumer whose GPU stream stalls after it enqueued a release (alive, connected; its stream
+// spins 4 s while it goes on taking frames without synchronising) holds the producer's stream,
+// which waits for that release. After the stream's release_timeout (500 ms here) the producer cuts
+// it off (PROTOCOL.md §10.3) and the other consumer goes on. The cut consumer holds frames the
+// producer announced but had not written; it writes none of the live producer's ready words, so
+// the other consumer, verifying every frame, accepts no unwritten one. The cut consumer waits its
+// stall out, subscribes again once its releases have run, and verifies frames again.
+TEST_F(GpuTransport, ConsumerWhoseStreamStallsIsCutOffAndTheOthersGoOn) {
+  auto src = source(1 << 20, 2, 1000, "cuda-vmm", {"release_timeout_ms=500"});
+  auto stalled = sink(0, 3000, 0, false, 60, {"stall_after=50", "stall_ms=4000"});
+  auto healthy = sink(1, 4000, 0, false, 30);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto [rc, j] = finish(healthy, std::chrono::seconds(60));
+  const double took_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(rc, 0) << j.dump();
+  EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
+  EXPECT_GE(j.value("verified", 0ull), 4000u) << j.dump();
+  EXPECT_EQ(j.value("cuts", 1), 0u) << j.dump();
+  // 4 000 frames at 1 kHz, the bound and a broker tick or two; a stall that came back (a cut
+  // consumer subscribing again while still stalled) would add half a second or more each time.
+  EXPECT_LT(took_s, 12.0);
+  auto [rcs, js] = finish(stalled, std::chrono::seconds(60));
+  EXPECT_EQ(rcs, 0) << js.dump();
+  EXPECT_EQ(js.value("bad", 1), 0u) << js.dump();
+  EXPECT_EQ(js.value("cuts", 0), 1) << js.dump();
+  EXPECT_EQ(js.value("reconnects", 0), 1) << js.dump();
+  EXPECT_GE(js.value("invalidated", 0), 1) << js.dump();
+  EXPECT_GE(js.value("unchecked", 0), 1) << js.dump();
+  EXPECT_GE(js.value("verified", 0ull), 3000u) << js.dump();
+  src.signal(SIGTERM);
+  auto [rcp, jp] = finish(src);
+  EXPECT_EQ(rcp, 0) << jp.dump();
+  EXPECT_EQ(jp.value("cut_off", 0), 1) << jp.dump();
+  std::printf("[ figures ] stalled consumer cut off: healthy consumer took %.2f s for 4000 frames at 1 kHz; "
+              "stalled: %s; producer: %s\n",
+              took_s, js.dump().c_str(), jp.dump().c_str());
 }
 
 TEST_F(GpuTransport, LegacyIpcMemoryKindCarriesVerifiedFrames) {

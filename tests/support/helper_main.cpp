@@ -116,6 +116,10 @@ int producer(const Args& a) {
 int consumer(const Args& a) {
   const std::size_t bytes = a.num("bytes", 32696);
   const std::uint64_t last = a.num("frames", 0), hold_all = a.num("hold_all", 0);
+  // hold_first=1: keep the first frame received, unreleased, until the end (reported as
+  // held_valid); release every other one.
+  const bool hold_first = a.num("hold_first", 0) != 0;
+  std::optional<dp::Frame> first;
   const auto hold = std::chrono::microseconds(a.num("hold_us", 0));
   const bool use_latest = a.str("mode", "next") == "latest";
   dp::SubscribeOptions so;
@@ -156,6 +160,11 @@ int consumer(const Args& a) {
       }
       continue;
     }
+    if (hold_first && !first) {
+      first = *f;
+      say("holding 1");
+      continue;
+    }
     if (hold.count()) {
       std::this_thread::sleep_for(hold);
       v.recheck(*f);
@@ -169,7 +178,16 @@ int consumer(const Args& a) {
   j["missed"] = c.missed;
   j["dropped"] = c.dropped;
   j["reconnects"] = c.reconnects;
-  j["state"] = sub->state() == dp::Subscriber::State::connected ? "connected" : "producer_gone";
+  j["cuts"] = c.cuts;
+  j["invalidated"] = c.invalidated;
+  const auto state = sub->state();
+  j["state"] = state == dp::Subscriber::State::connected ? "connected"
+               : state == dp::Subscriber::State::cut_off ? "cut_off"
+                                                          : "producer_gone";
+  if (first) {
+    j["held_valid"] = sub->is_valid(*first);
+    sub->release(*first);
+  }
   say("result " + j.dump());
   return 0;
 }

@@ -66,6 +66,9 @@ class Broker {
   void on(const std::string& op, Handler h);
   void on_disconnect(DisconnectHandler h);
   void on_tick(TickHandler h);
+  // Closes connection `connection_id` on the broker thread's next turn (any thread may ask), as
+  // if the peer had gone: the disconnect handler runs. An unknown id is ignored.
+  void disconnect(std::uint64_t connection_id);
 
   void start();
   void stop() noexcept;
@@ -86,6 +89,7 @@ class Broker {
   std::map<std::string, Handler> handlers_;
   DisconnectHandler on_disconnect_;
   TickHandler on_tick_;
+  std::vector<std::uint64_t> to_close_;  // disconnect(), under mu_
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<std::size_t> connections_{0};

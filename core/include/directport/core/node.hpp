@@ -57,6 +57,13 @@ class Node {
   const std::string& domain() const { return opts_.domain; }
   Broker& broker() { return *broker_; }
   Publisher* find(const std::string& stream);
+  // Cuts the consumer on broker connection `connection_id` off (PROTOCOL.md §10.3): its
+  // subscriptions are marked cut and forgotten, the releases our GPU streams wait for raised,
+  // its connection closed. The consumer sees a cut, not a death: its frames not yet read become
+  // invalid, and it subscribes again once its own stream has run its releases. The broker's tick
+  // does this to a consumer that holds a stream past its release_timeout; `status` lists the
+  // connections.
+  void cut_off(std::uint64_t connection_id);
 
  private:
   // Writes the manifest JSON. Over its capacity, the streams' consumer lists are left out

@@ -9,7 +9,7 @@
 
 namespace dp::protocol {
 
-inline constexpr std::uint32_t kAbiVersion = 2;  // 2: ConsumerState in the release page
+inline constexpr std::uint32_t kAbiVersion = 3;  // 2: ConsumerState in the release page; 3: the cut words
 inline constexpr char kManifestMagic[8] = {'D', 'P', 'M', 'A', 'N', 'I', 'F', '1'};
 inline constexpr std::uint32_t kMaxSlots = 16;
 inline constexpr std::uint32_t kMaxStreams = 64;
@@ -89,7 +89,10 @@ struct ReleaseRecord {
   AtomicU64 released;          // timeline: highest seq of this slot whose reads are complete
   AtomicU64 held;              // seq the consumer holds (claimed) in this slot, 0 = none
   AtomicU64 release_enqueued;  // seq whose release was enqueued (GPU) or done (host)
-  std::uint64_t reserved[5];
+  // Written by the producer when it cuts the consumer off (PROTOCOL.md §10.3), before `cut`:
+  // `released` as it was then. A frame of this slot up to it had been read; later ones had not.
+  AtomicU64 released_at_cut;
+  std::uint64_t reserved[4];
 };
 static_assert(sizeof(ReleaseRecord) == kFenceStride, "ABI: release record");
 
@@ -99,7 +102,11 @@ struct ConsumerState {
   // Nonzero while the consumer sleeps (or is about to) in a futex wait on the stream's
   // latest_seq: publish() makes the wake-up system call only when some consumer's is set.
   AtomicU64 sleeping;
-  std::uint64_t reserved[7];
+  // Set to 1 by the producer when it cuts this consumer off (its release held the producer's
+  // stream past StreamSpec::release_timeout; PROTOCOL.md §10.3), after released_at_cut and before
+  // it raises the releases and closes the connection: an EOF with it set is a cut, not a death.
+  AtomicU64 cut;
+  std::uint64_t reserved[6];
 };
 inline constexpr std::size_t kConsumerStateOffset = kMaxSlots * kFenceStride;
 static_assert(sizeof(ConsumerState) == 64 && kConsumerStateOffset + sizeof(ConsumerState) <= kFencePageBytes,

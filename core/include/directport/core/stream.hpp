@@ -23,6 +23,7 @@
 
 #include "directport/core/broker.hpp"
 #include "directport/core/manifest.hpp"
+#include "directport/core/release_waits.hpp"
 #include "directport/core/transport.hpp"
 #include "directport/core/types.hpp"
 
@@ -46,6 +47,17 @@ class Publisher {
     std::uint64_t subscribers = 0;  // live now
     std::uint64_t wakeups = 0;      // publishes that woke sleeping consumers (a system call; the
                                     // others found every consumer awake and made none)
+    std::uint64_t cut_off = 0;      // consumers cut off (cut()): their release held our GPU stream
+                                    // past spec.release_timeout
+  };
+
+  // The consumer whose enqueued release has held our GPU stream for longer than
+  // spec.release_timeout (alive, its own stream stalled): see ReleaseWaits.
+  struct Stalled {
+    std::uint64_t connection_id = 0;
+    std::string client;
+    std::uint64_t seq = 0;  // the frame whose release our stream waits for
+    double waited_ms = 0;   // since our stream reached that wait (to a broker tick)
   };
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
@@ -74,6 +86,14 @@ class Publisher {
   nlohmann::json add_subscription(std::uint64_t connection_id, const std::string& client,
                                   platform::UniqueFd release_page, std::vector<int>& fds_out);
   void drop_connection(std::uint64_t connection_id) noexcept;
+  // The consumer holding our GPU stream past spec.release_timeout, if any, as of `now_ns`
+  // (CLOCK_MONOTONIC). Called by the node's broker thread every tick; reported once.
+  std::optional<Stalled> stalled(std::int64_t now_ns);
+  // Cuts connection `connection_id`'s subscriptions off (PROTOCOL.md §10.3): for each, notes in
+  // its page which of its frames had been read, marks the page cut, raises the releases our GPU
+  // stream waits for, and forgets it. The caller then closes the connection; the consumer, seeing
+  // the mark, takes the EOF for a cut rather than a death. Counted in cut_off.
+  void cut(std::uint64_t connection_id) noexcept;
   nlohmann::json consumers() const;
 
  private:
@@ -81,6 +101,8 @@ class Publisher {
   bool slot_free(std::uint32_t slot, std::uint64_t& wait_value_out, const Subscription& s) const;
   bool try_claim(std::uint32_t slot, GpuStream stream);
   void release_dead(Subscription& s) noexcept;
+  void mark_cut(Subscription& s, const std::uint64_t* waited) noexcept;
+  bool wait_passed(const ReleaseWaits::Wait& w) const;
 
   StreamSpec spec_;
   protocol::ControlBlock& control_;
@@ -98,6 +120,11 @@ class Publisher {
   std::uint32_t last_slot_ = 0;
   std::uint64_t next_sub_id_ = 1;
   std::atomic<std::uint64_t> wakeups_{0};
+  std::atomic<std::uint64_t> cut_off_{0};
+  // The GPU waits for consumers' releases enqueued on our stream, in order (stalled()), and the
+  // slot of the last frame published (the wait after it is reached once its ready word is).
+  ReleaseWaits release_waits_;
+  std::uint32_t last_published_slot_ = 0;
   std::string broken_;  // set when a frame was announced but its ready fence could not be enqueued
 };
 
@@ -135,10 +162,15 @@ class Subscriber {
     std::uint64_t received = 0;     // frames handed to the application
     std::uint64_t missed = 0;       // published frames skipped because we were slower
     std::uint64_t dropped = 0;      // frames the producer dropped while we were subscribed
-    std::uint64_t invalidated = 0;  // frames lost because the producer died before completing them
+    std::uint64_t invalidated = 0;  // frames lost: the producer died before completing them, or cut
+                                    // us off before we had read them
     std::uint64_t reconnects = 0;
+    std::uint64_t cuts = 0;         // times the producer cut us off (our release held its GPU
+                                    // stream past its release_timeout; PROTOCOL.md §10.3)
   };
-  enum class State { connected, producer_gone };
+  // cut_off: the producer cut us off and we have not subscribed again yet; that waits until our
+  // own streams have run the releases we enqueued before the cut.
+  enum class State { connected, producer_gone, cut_off };
 
   // Connects to `node/stream` (throws if it is not there or refuses us).
   Subscriber(const std::string& node, const std::string& stream, SubscribeOptions opts = {});
@@ -153,7 +185,9 @@ class Subscriber {
   std::optional<Frame> next(std::chrono::nanoseconds timeout, GpuStream stream = nullptr);
   // The application is done reading `f` once `stream` reaches this point.
   void release(const Frame& f, GpuStream stream = nullptr);
-  // False if `f` is from a producer that died before completing it.
+  // False if `f` is from a producer that died before completing it, or one that cut us off
+  // (PROTOCOL.md §10.3) before our release of `f` had run: the slot may since have been rewritten
+  // under our reads. Ask once the reads of `f` are done (e.g. after synchronising the stream).
   bool is_valid(const Frame& f) const;
 
   State state();
@@ -174,6 +208,10 @@ class Subscriber {
   bool check_producer();  // false if gone (and handles it)
   std::optional<Frame> claim(std::uint64_t seq, GpuStream stream);
   void producer_died() noexcept;
+  void producer_cut() noexcept;
+  // Forgets the retired connections no longer needed: no frame of theirs held, and (cut ones) every
+  // release we enqueued run and every ready word we may wait on reached.
+  void prune_retired() noexcept;
 
   std::string node_, stream_;
   SubscribeOptions opts_;
@@ -184,6 +222,9 @@ class Subscriber {
   std::uint64_t last_seq_ = 0;
   std::int64_t last_check_ns_ = 0;
   std::int64_t next_reconnect_ns_ = 0;
+  // After a cut: the producer that cut us off, and the last seq we had from it.
+  std::optional<platform::ProcessIdentity> cut_owner_;
+  std::uint64_t cut_last_seq_ = 0;
   Counters counters_;
 };
 

@@ -39,6 +39,11 @@ struct StreamSpec {
   // When every slot is held by consumers, acquire() waits this long for one, then drops the
   // frame and counts it. Never infinite: a consumer can't block its producer.
   std::chrono::microseconds acquire_timeout{2000};
+  // GPU streams: how long a consumer's release may hold the producer's stream once the stream has
+  // reached its wait for it (the consumer alive, its own stream stalled). Past it the consumer is
+  // cut off: told so, its connection closed and its releases raised, so that the producer's
+  // stream and the other consumers go on (PROTOCOL.md §10.3).
+  std::chrono::milliseconds release_timeout{5000};
   // How the frame is organised, for consumers that take it apart (the compositor's segments):
   // null, or a JSON object of at most kMaxLayoutBytes once serialised. Carried in the manifest
   // and the subscribe reply; the transport ignores it.
