@@ -194,19 +194,18 @@ void Broker::run() noexcept {
   auto listen_again = last_tick;
   bool accept_failing = false;  // log the first failure of a streak only
   while (!stop_) {
-    // Connections closed by disconnect(): clear the wake-up, then close them.
+    // Connections closed by disconnect() (which adds to the list, then wakes us; the wake-up is
+    // cleared after the poll below, before the list is looked at again: none is lost).
     std::vector<std::uint64_t> to_close;
     {
       std::lock_guard<std::mutex> lock(mu_);
       to_close.swap(to_close_);
     }
     if (!to_close.empty()) {
-      std::uint64_t drained;
-      while (::read(wake_.get(), &drained, sizeof drained) > 0) {
-      }
       for (std::size_t i = conns.size(); i-- > 0;) {
         if (std::find(to_close.begin(), to_close.end(), conns[i]->peer.connection_id) != to_close.end()) drop(i);
       }
+      continue;
     }
     std::vector<pollfd> pfds;
     pfds.push_back({wake_.get(), POLLIN, 0});
@@ -217,6 +216,11 @@ void Broker::run() noexcept {
     if (rc < 0 && errno != EINTR) {
       log_cleanup_failure("broker poll failed");
       break;
+    }
+    if (rc > 0 && (pfds[0].revents & POLLIN)) {
+      std::uint64_t drained;
+      while (::read(wake_.get(), &drained, sizeof drained) > 0) {
+      }
     }
     auto now = std::chrono::steady_clock::now();
     if (now - last_tick >= opts_.tick && on_tick_) {

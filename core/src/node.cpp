@@ -56,7 +56,7 @@ Node::Node(NodeOptions opts)
     manifest_.heartbeat();
     // A consumer whose enqueued release has held a stream's GPU work past the stream's
     // release_timeout (alive, its own stream stalled) is cut off (PROTOCOL.md §10.3).
-    std::vector<std::uint64_t> stalled;
+    std::vector<std::pair<Publisher*, Publisher::Stalled>> stalled;
     {
       std::lock_guard<std::mutex> lock(mu_);
       const auto now = platform::monotonic_ns();
@@ -69,11 +69,11 @@ Node::Node(NodeOptions opts)
                        opts_.name.c_str(), p->spec().name.c_str(), s->client.c_str(),
                        static_cast<unsigned long long>(s->connection_id), static_cast<unsigned long long>(s->seq),
                        s->waited_ms, static_cast<long long>(p->spec().release_timeout.count()));
-          stalled.push_back(s->connection_id);
+          stalled.emplace_back(p.get(), *s);
         }
       }
     }
-    for (auto id : stalled) cut_off(id);
+    for (auto& [p, s] : stalled) cut_off(s.connection_id, p, &s.wait);
   });
   rewrite_manifest();
   broker_->start();
@@ -88,10 +88,18 @@ Node::~Node() {
   // ManifestWriter's segment unlinks the name on destruction.
 }
 
-void Node::cut_off(std::uint64_t connection_id) {
+void Node::cut_off(std::uint64_t connection_id) { cut_off(connection_id, nullptr, nullptr); }
+
+void Node::cut_off(std::uint64_t connection_id, Publisher* stalled_on, const ReleaseWaits::Wait* wait) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& p : publishers_) p->cut(connection_id);
+    // The stream that reported the stall first, and only if its wait is still pending (the
+    // consumer may have recovered since); then the connection's subscriptions to every other
+    // stream, which must be marked too before the connection closes (an unmarked EOF is a death).
+    if (stalled_on && !stalled_on->cut(connection_id, wait)) return;
+    for (auto& p : publishers_) {
+      if (p.get() != stalled_on) p->cut(connection_id);
+    }
   }
   broker_->disconnect(connection_id);
   rewrite_manifest();

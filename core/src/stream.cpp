@@ -20,9 +20,14 @@ struct Publisher::Subscription {
   std::uint64_t id = 0;
   std::uint64_t connection_id = 0;
   std::string client;
-  platform::Segment mapping;    // read-only view of the consumer's release page (its fd is kept
-                                // to map the page writable if the consumer dies)
+  platform::Segment mapping;    // read-only view of the consumer's release page
+  // The same page writable, mapped at subscribe so that releasing a dead consumer or cutting one
+  // off (release_dead, mark_cut) cannot fail half-way; written only there (DESIGN §3).
+  platform::Segment writable;
   ReleasePageView view;
+  // Per slot: the release value of the last GPU wait recorded in release_waits_ (try_claim), so
+  // that acquiring the same slot again (an abandoned lease) does not record it twice.
+  std::uint64_t recorded[protocol::kMaxSlots] = {};
 };
 
 Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
@@ -77,6 +82,8 @@ bool Publisher::try_claim(std::uint32_t slot, GpuStream stream) {
   for (std::size_t i = 0; i < subs_.size(); ++i) {
     if (!waits[i]) continue;
     transport_->wait_released(stream, subs_[i]->view, slot, waits[i]);
+    if (subs_[i]->recorded[slot] == waits[i]) continue;  // the same wait again (abandoned lease)
+    subs_[i]->recorded[slot] = waits[i];
     const std::uint64_t before = next_seq_ - 1;  // the frame our stream signals just before this wait
     release_waits_.push({subs_[i]->id, subs_[i]->connection_id, slot, waits[i], last_published_slot_, before});
   }
@@ -194,7 +201,7 @@ std::optional<Publisher::Stalled> Publisher::stalled(std::int64_t now_ns) {
         return protocol::genuinely_ready(transport_->ready_word(slot).load(std::memory_order_acquire), seq);
       });
   if (!head) return std::nullopt;
-  Stalled out{head->wait.connection, "", head->wait.value, head->waited_ns / 1e6};
+  Stalled out{head->wait.connection, "", head->wait.value, head->waited_ns / 1e6, head->wait};
   for (auto& s : subs_) {
     if (s->id == head->wait.subscription) out.client = s->client;
   }
@@ -223,6 +230,7 @@ nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const st
   s->connection_id = connection_id;
   s->client = client;
   s->mapping = platform::Segment::map_fd(std::move(release_page), protocol::kFencePageBytes, platform::Access::read_only);
+  s->writable = platform::Segment::map_fd(s->mapping.fd().dup(), protocol::kFencePageBytes, platform::Access::read_write);
   s->view.records = static_cast<const ReleaseRecord*>(s->mapping.data());
   s->view.state = &fence::consumer_state(static_cast<const void*>(s->mapping.data()));
   transport_->attach(s->view, s->mapping);
@@ -240,15 +248,10 @@ nlohmann::json Publisher::add_subscription(std::uint64_t connection_id, const st
 void Publisher::release_dead(Subscription& s) noexcept {
   // A dead consumer can no longer signal: write its pending "released" words ourselves so that
   // no wait of ours (CPU or GPU) stays blocked on it (DESIGN §3 exception to single-writer).
-  try {
-    auto rw = platform::Segment::map_fd(s.mapping.fd().dup(), protocol::kFencePageBytes, platform::Access::read_write);
-    auto* recs = static_cast<ReleaseRecord*>(rw.data());
-    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
-      std::uint64_t held = recs[k].held.load();
-      if (held) fence::host_signal(recs[k].released, held);
-    }
-  } catch (const std::exception& e) {
-    log_cleanup_failure(std::string("releasing a dead consumer's fences: ") + e.what());
+  auto* recs = static_cast<ReleaseRecord*>(s.writable.data());
+  for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+    std::uint64_t held = recs[k].held.load();
+    if (held) fence::host_signal(recs[k].released, held);
   }
 }
 
@@ -262,29 +265,26 @@ void Publisher::mark_cut(Subscription& s, const std::uint64_t* waited) noexcept 
   //      writes over them; a word its stream has written since (at or above the wait) is left
   //      alone. The consumer reconnects once its stream has run them (its releases' words plain).
   // Only after (3) may a slot be overwritten; any read that overlaps that ends after (2).
-  try {
-    auto rw = platform::Segment::map_fd(s.mapping.fd().dup(), protocol::kFencePageBytes, platform::Access::read_write);
-    auto* recs = static_cast<ReleaseRecord*>(rw.data());
-    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
-      recs[k].released_at_cut.store(recs[k].released.load(std::memory_order_acquire), std::memory_order_seq_cst);
+  auto* recs = static_cast<ReleaseRecord*>(s.writable.data());
+  for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+    recs[k].released_at_cut.store(recs[k].released.load(std::memory_order_acquire), std::memory_order_seq_cst);
+  }
+  fence::consumer_state(static_cast<void*>(recs)).cut.store(1, std::memory_order_seq_cst);
+  for (std::uint32_t k = 0; k < spec_.slots; ++k) {
+    std::uint64_t v = recs[k].released.load(std::memory_order_acquire);
+    while (v < waited[k] && !recs[k].released.compare_exchange_weak(v, waited[k] | protocol::kForcedReady,
+                                                                     std::memory_order_acq_rel)) {
     }
-    fence::consumer_state(static_cast<void*>(recs)).cut.store(1, std::memory_order_seq_cst);
-    for (std::uint32_t k = 0; k < spec_.slots; ++k) {
-      std::uint64_t v = recs[k].released.load(std::memory_order_acquire);
-      while (v < waited[k] && !recs[k].released.compare_exchange_weak(v, waited[k] | protocol::kForcedReady,
-                                                                       std::memory_order_acq_rel)) {
-      }
-      if (waited[k]) fence::host_wake(recs[k].released);
-    }
-  } catch (const std::exception& e) {
-    log_cleanup_failure(std::string("cutting off a stalled consumer: ") + e.what());
+    if (waited[k]) fence::host_wake(recs[k].released);
   }
 }
 
-void Publisher::cut(std::uint64_t connection_id) noexcept {
+bool Publisher::cut(std::uint64_t connection_id, const ReleaseWaits::Wait* only_if_pending) noexcept {
   std::vector<std::unique_ptr<Subscription>> gone;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // The consumer may have recovered since stalled() reported it.
+    if (only_if_pending && wait_passed(*only_if_pending)) return false;
     for (auto it = subs_.begin(); it != subs_.end();) {
       if ((*it)->connection_id != connection_id) {
         ++it;
@@ -305,6 +305,7 @@ void Publisher::cut(std::uint64_t connection_id) noexcept {
   }
   cut_off_.fetch_add(gone.empty() ? 0 : 1, std::memory_order_relaxed);
   for (auto& s : gone) transport_->detach(s->view, std::move(s->mapping));
+  return true;
 }
 
 void Publisher::drop_connection(std::uint64_t connection_id) noexcept {
@@ -391,7 +392,11 @@ struct Subscriber::Connection {
   bool waits_settled() {
     for (std::uint32_t k = 0; k < spec.slots; ++k) {
       const std::uint64_t h = record(k).held.load();
-      if (h && !protocol::genuinely_ready(transport->ready_value(k), h) && !forced(k, h)) return false;
+      if (!h) continue;
+      const std::uint64_t r = record(k).released.load();
+      if ((r & protocol::kForcedReady) == 0 && r >= h) continue;  // our release ran: our wait passed
+      if (protocol::genuinely_ready(transport->ready_value(k), h) || forced(k, h)) continue;
+      return false;
     }
     return true;
   }
@@ -418,8 +423,11 @@ struct Subscriber::Connection {
           for (std::uint32_t k = 0; k < spec.slots; ++k) {
             auto& r = record(k);
             std::uint64_t held = r.held.load();
-            if (held && r.released.load() < held && !protocol::genuinely_ready(transport->ready_value(k), held) &&
-                !forced(k, held)) {
+            // Our own release of it ran (a word our stream wrote, not the producer's raise of a
+            // cut): our wait on its ready word has passed.
+            const std::uint64_t rel = r.released.load();
+            const bool ran = (rel & protocol::kForcedReady) == 0 && rel >= held;
+            if (held && !ran && !protocol::genuinely_ready(transport->ready_value(k), held) && !forced(k, held)) {
               force(k, held);
             }
           }
@@ -544,7 +552,7 @@ void Subscriber::producer_died() noexcept {
     // A frame whose word the watchdog raised never got its data, even if the application has
     // released it since (its GPU wait passed on the raised word); one not yet reached never will.
     const bool forced = conn_->forced(k, held);
-    if (!forced && r.released.load() >= held) continue;
+    if (!forced && (r.released.load() & ~protocol::kForcedReady) >= held) continue;
     // A word another consumer forced (kForcedReady) is not the producer's: the frame has no data.
     if (forced || !protocol::genuinely_ready(conn_->transport->ready_value(k), held)) {
       conn_->invalid_seqs.push_back(held);
@@ -567,7 +575,10 @@ bool Subscriber::check_producer() {
       counters_.dropped = conn_->control->dropped.load() - conn_->dropped_base;
       return true;
     }
-    if (!conn_->dead.load() && conn_->page_cut()) {
+    // A cut, even if the producer has died since (the watchdog, still running for the cut
+    // connection, raises what we wait on): producer_died() would judge the frames by `released`,
+    // which the producer's raise (kForcedReady) makes look released.
+    if (conn_->page_cut()) {
       producer_cut();
     } else {
       producer_died();
@@ -598,9 +609,13 @@ void Subscriber::producer_cut() noexcept {
   cut_last_seq_ = last_seq_;
   // The watchdog keeps running: the producer is alive and will write the ready words we wait on,
   // but if it dies first, the watchdog raises them as for any death.
+  // The frames the application still holds that it had not read before the cut (or that the
+  // watchdog forced, the producer having died since): invalid. Frames released but whose release
+  // had not run are invalid too (is_valid), but no longer the application's to count.
   for (std::uint32_t k = 0; k < c.spec.slots; ++k) {
-    const std::uint64_t held = c.record(k).held.load();
-    if (held && !c.read_before_cut(k, held)) {
+    auto& r = c.record(k);
+    const std::uint64_t held = r.held.load();
+    if (held && r.release_enqueued.load() < held && (!c.read_before_cut(k, held) || c.forced(k, held))) {
       c.invalid_seqs.push_back(held);
       ++counters_.invalidated;
     }
@@ -744,7 +759,7 @@ bool Subscriber::is_valid(const Frame& f) const {
   for (auto& r : retired_) {
     if (r->generation == f.generation) {
       return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end() &&
-             r->read_before_cut(f.slot, f.seq);
+             r->read_before_cut(f.slot, f.seq) && !r->forced(f.slot, f.seq);
     }
   }
   return false;

@@ -176,7 +176,7 @@ TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
 }
 
 // A consumer whose GPU stream stalls after it enqueued a release (alive, connected; its stream
-// spins 4 s while it goes on taking frames without synchronising) holds the producer's stream,
+// spins 10 s while it goes on taking frames without synchronising) holds the producer's stream,
 // which waits for that release. After the stream's release_timeout (500 ms here) the producer cuts
 // it off (PROTOCOL.md §10.3) and the other consumer goes on. The cut consumer holds frames the
 // producer announced but had not written; it writes none of the live producer's ready words, so
@@ -184,7 +184,7 @@ TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
 // stall out, subscribes again once its releases have run, and verifies frames again.
 TEST_F(GpuTransport, ConsumerWhoseStreamStallsIsCutOffAndTheOthersGoOn) {
   auto src = source(1 << 20, 2, 1000, "cuda-vmm", {"release_timeout_ms=500"});
-  auto stalled = sink(0, 3000, 0, false, 60, {"stall_after=50", "stall_ms=4000"});
+  auto stalled = sink(0, 3000, 0, false, 60, {"stall_after=50", "stall_ms=10000"});
   auto healthy = sink(1, 4000, 0, false, 30);
   const auto t0 = std::chrono::steady_clock::now();
   auto [rc, j] = finish(healthy, std::chrono::seconds(60));
@@ -193,16 +193,18 @@ TEST_F(GpuTransport, ConsumerWhoseStreamStallsIsCutOffAndTheOthersGoOn) {
   EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
   EXPECT_GE(j.value("verified", 0ull), 4000u) << j.dump();
   EXPECT_EQ(j.value("cuts", 1), 0u) << j.dump();
-  // 4 000 frames at 1 kHz, the bound and a broker tick or two; a stall that came back (a cut
-  // consumer subscribing again while still stalled) would add half a second or more each time.
-  EXPECT_LT(took_s, 12.0);
+  // 4 000 frames at 1 kHz, the bound and a broker tick or two; without the cut, the 10 s stall;
+  // a cut consumer subscribing again while still stalled would add half a second each time.
+  EXPECT_LT(took_s, 9.0);
+  // The healthy consumer's longest stream sync (its GPU wait for a frame the blocked producer had
+  // not written): the bound and a tick or two, not the stall.
+  EXPECT_LT(j["sync_us"].value("max", 1e9), 3e6) << j.dump();
   auto [rcs, js] = finish(stalled, std::chrono::seconds(60));
   EXPECT_EQ(rcs, 0) << js.dump();
   EXPECT_EQ(js.value("bad", 1), 0u) << js.dump();
   EXPECT_EQ(js.value("cuts", 0), 1) << js.dump();
   EXPECT_EQ(js.value("reconnects", 0), 1) << js.dump();
   EXPECT_GE(js.value("invalidated", 0), 1) << js.dump();
-  EXPECT_GE(js.value("unchecked", 0), 1) << js.dump();
   EXPECT_GE(js.value("verified", 0ull), 3000u) << js.dump();
   src.signal(SIGTERM);
   auto [rcp, jp] = finish(src);

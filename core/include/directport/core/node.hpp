@@ -69,6 +69,8 @@ class Node {
   // Writes the manifest JSON. Over its capacity, the streams' consumer lists are left out
   // ("consumers_omitted": true) before giving up.
   void rewrite_manifest();
+  // cut_off(), the tick's way: first on `stalled_on`, and only while `wait` is still pending.
+  void cut_off(std::uint64_t connection_id, Publisher* stalled_on, const ReleaseWaits::Wait* wait);
 
   NodeOptions opts_;
   ManifestWriter manifest_;

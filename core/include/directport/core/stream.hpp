@@ -58,6 +58,7 @@ class Publisher {
     std::string client;
     std::uint64_t seq = 0;  // the frame whose release our stream waits for
     double waited_ms = 0;   // since our stream reached that wait (to a broker tick)
+    ReleaseWaits::Wait wait;
   };
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
@@ -93,7 +94,9 @@ class Publisher {
   // its page which of its frames had been read, marks the page cut, raises the releases our GPU
   // stream waits for, and forgets it. The caller then closes the connection; the consumer, seeing
   // the mark, takes the EOF for a cut rather than a death. Counted in cut_off.
-  void cut(std::uint64_t connection_id) noexcept;
+  // With `only_if_pending`, only if that wait has still not passed (the consumer may have
+  // recovered since stalled()); returns whether it cut.
+  bool cut(std::uint64_t connection_id, const ReleaseWaits::Wait* only_if_pending = nullptr) noexcept;
   nlohmann::json consumers() const;
 
  private:
