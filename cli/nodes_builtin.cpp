@@ -86,6 +86,11 @@ int run_pattern_source(NodeContext& ctx) {
   double rate = p["rate_hz"].get<double>();
   auto frames = p["frames"].get<std::uint64_t>();
   auto wait_subs = p["wait_subscribers"].get<std::uint64_t>();
+  // Test hook: before writing frame number `stall_after` (1-based), enqueue `stall_ms` of spinning
+  // on our stream: the frames announced meanwhile are not written, and consumers' GPU waits on
+  // their ready words stay pending (a producer killed then leaves them for the survivors to raise).
+  const auto stall_after = p["stall_after"].get<std::uint64_t>();
+  const auto stall_ms = p["stall_ms"].get<double>();
 
   Node& node = ctx.node();
   auto& pub = node.advertise(spec);
@@ -116,6 +121,11 @@ int run_pattern_source(NodeContext& ctx) {
     const std::uint64_t seed = kernels::stamp_seed(lease->seq);
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
+      if (n + 1 == stall_after && stall_ms > 0) {
+        std::fprintf(stderr, "stalling our stream for %.0f ms before writing frame %llu\n", stall_ms,
+                     static_cast<unsigned long long>(lease->seq));
+        kernels::spin_gpu(static_cast<std::uint64_t>(stall_ms * 1e6), gpu->gs());
+      }
       kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->reduce, gpu->gs());
       pub.publish(*lease, {lease->seq, 0, 0}, gpu->gs());
     } else
@@ -439,7 +449,9 @@ void register_builtin_nodes(NodeRegistry& r) {
   src.help = "publishes self-verifying frames (seq, seeded random fill, checksum)";
   src.params = stamped_source_params(
       {{"memory", T::string, "auto", false, "auto | host | cuda-vmm | cuda-ipc | vulkan"},
-       {"fence", T::string, "auto", false, "auto | host-futex | cuda-memop | vulkan-timeline (for Vulkan readers)"}});
+       {"fence", T::string, "auto", false, "auto | host-futex | cuda-memop | vulkan-timeline (for Vulkan readers)"},
+       {"stall_after", T::integer, 0, false, "test hook: stall our GPU stream before writing this frame (1-based; 0: never)"},
+       {"stall_ms", T::number, 0.0, false, "test hook: how long that stall lasts"}});
   src.publishes = [](const nlohmann::json& p) { return std::vector<std::string>{p["stream"].get<std::string>()}; };
   src.subscribes = [](const nlohmann::json&) { return std::vector<std::string>{}; };
   src.run = run_pattern_source;

@@ -159,6 +159,35 @@ TEST_F(GpuTransport, ProducerKilledWithPendingWaitsThenRestartedIsPickedUp) {
   }
 }
 
+// The producer's stream stalls (60 s) before it writes a frame, the frames it announces meanwhile
+// are claimed by both consumers, whose GPU waits on their ready words then stay pending; the
+// producer is killed. Each consumer's watchdog must release its own waits (the ready words raised
+// with kForcedReady; a raise the GPU's cyclic GEQ does not pass would leave the consumer's stream,
+// and its process in cudaStreamSynchronize, blocked for good). The consumers count those frames
+// invalid, accept none of them, and go on with a restarted producer.
+TEST_F(GpuTransport, ProducerKilledWhileConsumersWaitOnUnwrittenFramesReleasesTheirWaits) {
+  auto src = source(1 << 20, 2, 1000, "cuda-vmm", {"stall_after=200", "stall_ms=60000"});
+  auto a = sink(0, 2000, 0, false, 40);
+  auto b = sink(1, 2000, 0, false, 40);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // 200 frames, then the stall
+  src.signal(SIGKILL);
+  finish(src);
+  auto src2 = source(1 << 20, 0, 1000);
+  for (auto* s : {&a, &b}) {
+    auto [rc, j] = finish(*s, std::chrono::seconds(60));
+    EXPECT_EQ(rc, 0) << j.dump();
+    EXPECT_EQ(j.value("bad", 1), 0u) << j.dump();
+    EXPECT_GE(j.value("invalidated", 0), 1) << j.dump();
+    EXPECT_GE(j.value("reconnects", 0), 1) << j.dump();
+    EXPECT_GE(j.value("verified", 0ull), 2000u) << j.dump();
+    // The sync that waited on the unwritten frame ended within the watchdog's period of the kill,
+    // not never; the longest is the 1.5 s the test waited before killing the producer, at most.
+    EXPECT_LT(j["sync_us"].value("max", 1e9), 5e6) << j.dump();
+  }
+  src2.signal(SIGTERM);
+  EXPECT_EQ(finish(src2).first, 0);
+}
+
 TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
   auto src = source(1 << 20, 2, 0);
   auto victim = sink(0, 0, 3.0);  // slow, holds frames
