@@ -32,9 +32,14 @@ struct Publisher::Subscription {
 
 Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
                      const std::string& node_name, GpuApi api)
-    : spec_(std::move(spec)), control_(control), control_index_(control_index) {
+    : Publisher(spec, control, control_index,
+                (spec.validate(), make_producer_transport(spec, node_name + "." + spec.name, api))) {}
+
+Publisher::Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
+                     std::unique_ptr<ProducerTransport> transport)
+    : spec_(std::move(spec)), control_(control), control_index_(control_index), transport_(std::move(transport)) {
   spec_.validate();
-  transport_ = make_producer_transport(spec_, node_name + "." + spec_.name, api);
+  DP_EXPECTS(transport_ != nullptr, "a publisher needs a transport");
   new (&control_) protocol::ControlBlock{};
   control_.slot_count = spec_.slots;
   last_slot_ = spec_.slots - 1;
@@ -187,8 +192,13 @@ void Publisher::abandon(const SlotLease& lease) {
 }
 
 Publisher::Counters Publisher::counters() const {
+  std::uint64_t pending = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    pending = release_waits_.size();
+  }
   return {control_.published.load(), control_.dropped.load(), control_.subscribers.load(), wakeups_.load(),
-          cut_off_.load()};
+          cut_off_.load(), pending};
 }
 
 std::optional<Publisher::Stalled> Publisher::stalled(std::int64_t now_ns) {

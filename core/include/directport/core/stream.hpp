@@ -49,6 +49,7 @@ class Publisher {
                                     // others found every consumer awake and made none)
     std::uint64_t cut_off = 0;      // consumers cut off (cut()): their release held our GPU stream
                                     // past spec.release_timeout
+    std::uint64_t waits_pending = 0;  // GPU waits for releases recorded and not yet seen to pass
   };
 
   // The consumer whose enqueued release has held our GPU stream for longer than
@@ -63,6 +64,9 @@ class Publisher {
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
             const std::string& node_name, GpuApi api = GpuApi::automatic);
+  // Over a transport the caller made (tests: a transport that stands in for a GPU's).
+  Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
+            std::unique_ptr<ProducerTransport> transport);
   ~Publisher();
   Publisher(const Publisher&) = delete;
   Publisher& operator=(const Publisher&) = delete;
