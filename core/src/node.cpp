@@ -1,5 +1,6 @@
 #include "directport/core/node.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "directport/core/discovery.hpp"
@@ -73,7 +74,18 @@ Node::Node(NodeOptions opts)
         }
       }
     }
-    for (auto& [p, s] : stalled) cut_off(s.connection_id, p, &s.wait);
+    if (stalled.empty()) return;
+    // One cut a tick, of the consumer that has held its stream longest. A stall can cascade: a
+    // consumer of two streams blocked on the stalled one stops releasing the other's frames, and
+    // its own head is reached a little later; cutting both at once would cut a consumer that did
+    // nothing wrong. The others are looked at again next tick, once the cut has taken effect.
+    auto worst = std::max_element(stalled.begin(), stalled.end(), [](const auto& a, const auto& b) {
+      return a.second.waited_ms < b.second.waited_ms;
+    });
+    for (auto it = stalled.begin(); it != stalled.end(); ++it) {
+      if (it != worst) it->first->rearm_stalled();
+    }
+    cut_off(worst->second.connection_id, worst->first, &worst->second.wait);
   });
   rewrite_manifest();
   broker_->start();
@@ -102,7 +114,11 @@ void Node::cut_off(std::uint64_t connection_id, Publisher* stalled_on, const Rel
     }
   }
   broker_->disconnect(connection_id);
-  rewrite_manifest();
+  try {
+    rewrite_manifest();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "directport: node %s: rewriting the manifest after a cut: %s\n", opts_.name.c_str(), e.what());
+  }
 }
 
 Publisher* Node::find(const std::string& stream) {

@@ -201,6 +201,11 @@ Publisher::Counters Publisher::counters() const {
           cut_off_.load(), pending};
 }
 
+void Publisher::rearm_stalled() {
+  std::lock_guard<std::mutex> lock(mu_);
+  release_waits_.rearm();
+}
+
 std::optional<Publisher::Stalled> Publisher::stalled(std::int64_t now_ns) {
   std::lock_guard<std::mutex> lock(mu_);
   if (release_waits_.size() == 0) return std::nullopt;
@@ -580,7 +585,8 @@ bool Subscriber::check_producer() {
   if (conn_) {
     if (now - last_check_ns_ < 1000000) return true;  // check the socket at most every 1 ms
     last_check_ns_ = now;
-    if (!retired_.empty()) prune_retired();
+    // (Retired connections are pruned only while disconnected and at release(): destroying one
+    // synchronises the device, which a live connection's next() must not wait for.)
     if (!conn_->dead.load() && !conn_->client.peer_gone()) {
       counters_.dropped = conn_->control->dropped.load() - conn_->dropped_base;
       return true;
@@ -619,13 +625,12 @@ void Subscriber::producer_cut() noexcept {
   cut_last_seq_ = last_seq_;
   // The watchdog keeps running: the producer is alive and will write the ready words we wait on,
   // but if it dies first, the watchdog raises them as for any death.
-  // The frames the application still holds that it had not read before the cut (or that the
-  // watchdog forced, the producer having died since): invalid. Frames released but whose release
-  // had not run are invalid too (is_valid), but no longer the application's to count.
+  // The last frame taken in each slot, if it had not been read before the cut (its release had
+  // not run, whether or not the application had released it) or the watchdog forced its word (the
+  // producer having died since): invalid, and counted, as producer_died() counts.
   for (std::uint32_t k = 0; k < c.spec.slots; ++k) {
-    auto& r = c.record(k);
-    const std::uint64_t held = r.held.load();
-    if (held && r.release_enqueued.load() < held && (!c.read_before_cut(k, held) || c.forced(k, held))) {
+    const std::uint64_t held = c.record(k).held.load();
+    if (held && (!c.read_before_cut(k, held) || c.forced(k, held))) {
       c.invalid_seqs.push_back(held);
       ++counters_.invalidated;
     }

@@ -63,6 +63,21 @@ TEST_F(ReleaseWaitsTest, AHeadThatHoldsTheStreamPastTheBoundIsReportedOnce) {
   EXPECT_FALSE(check(20 * kBound)) << "reported once; the caller cuts the consumer off";
 }
 
+// A head reported but not acted on (another consumer was cut at that tick) is reported again at
+// the next check if it is still pending, and not if its release ran meanwhile.
+TEST_F(ReleaseWaitsTest, ARearmedHeadIsReportedAgainWhileItLasts) {
+  ready[0] = 1;
+  push(1, 0, 1, 0, 1);
+  EXPECT_FALSE(check(0));
+  ASSERT_TRUE(check(kBound + 1));
+  EXPECT_FALSE(check(kBound + 2));
+  waits.rearm();
+  EXPECT_TRUE(check(kBound + 3));
+  waits.rearm();
+  released[{1, 0}] = 1;
+  EXPECT_FALSE(check(kBound + 4));
+}
+
 TEST_F(ReleaseWaitsTest, AReleaseThatRunsEndsTheWait) {
   ready[0] = 1;
   push(1, 0, 1, 0, 1);

@@ -54,6 +54,9 @@ class ReleaseWaits {
   // the caller cuts its consumer off, which forgets its waits; until then it is not reported again.
   std::optional<Stalled> check(std::int64_t now_ns, std::int64_t bound_ns, const ReleasedFn& released,
                                const SignalledFn& signalled);
+  // Reports the head again at the next check() that finds it still past the bound (its consumer
+  // was not cut this time: another was, at the same tick).
+  void rearm() { head_reported_ = false; }
   std::size_t size() const { return waits_.size(); }
   const Wait& at(std::size_t i) const { return waits_[i]; }
 

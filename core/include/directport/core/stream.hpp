@@ -94,6 +94,8 @@ class Publisher {
   // The consumer holding our GPU stream past spec.release_timeout, if any, as of `now_ns`
   // (CLOCK_MONOTONIC). Called by the node's broker thread every tick; reported once.
   std::optional<Stalled> stalled(std::int64_t now_ns);
+  // The stall stalled() reported was not acted on: report it again at the next tick if it lasts.
+  void rearm_stalled();
   // Cuts connection `connection_id`'s subscriptions off (PROTOCOL.md §10.3): for each, notes in
   // its page which of its frames had been read, marks the page cut, raises the releases our GPU
   // stream waits for, and forgets it. The caller then closes the connection; the consumer, seeing
