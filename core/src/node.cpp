@@ -68,7 +68,7 @@ Node::Node(NodeOptions opts)
                        "frame %llu for %.0f ms, and our GPU stream waits for it (release_timeout %lld ms): "
                        "cutting it off\n",
                        opts_.name.c_str(), p->spec().name.c_str(), s->client.c_str(),
-                       static_cast<unsigned long long>(s->connection_id), static_cast<unsigned long long>(s->seq),
+                       static_cast<unsigned long long>(s->wait.connection), static_cast<unsigned long long>(s->wait.value),
                        s->waited_ms, static_cast<long long>(p->spec().release_timeout.count()));
           stalled.emplace_back(p.get(), *s);
         }
@@ -85,7 +85,7 @@ Node::Node(NodeOptions opts)
     for (auto it = stalled.begin(); it != stalled.end(); ++it) {
       if (it != worst) it->first->rearm_stalled();
     }
-    cut_off(worst->second.connection_id, worst->first, &worst->second.wait);
+    cut_off(worst->second.wait.connection, worst->first, &worst->second.wait);
   });
   rewrite_manifest();
   broker_->start();

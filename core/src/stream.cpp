@@ -216,7 +216,7 @@ std::optional<Publisher::Stalled> Publisher::stalled(std::int64_t now_ns) {
         return protocol::genuinely_ready(transport_->ready_word(slot).load(std::memory_order_acquire), seq);
       });
   if (!head) return std::nullopt;
-  Stalled out{head->wait.connection, "", head->wait.value, head->waited_ns / 1e6, head->wait};
+  Stalled out{"", head->waited_ns / 1e6, head->wait};
   for (auto& s : subs_) {
     if (s->id == head->wait.subscription) out.client = s->client;
   }
@@ -385,8 +385,8 @@ struct Subscriber::Connection {
   std::thread watchdog;
   std::atomic<bool> stop{false};
   std::atomic<bool> dead{false};
-  bool cut = false;  // the producer cut us off (set by the application thread, producer_cut())
   // The producer marked our page cut (PROTOCOL.md §10.3): it is alive, and no longer waits for us.
+  // A retired connection is a cut one exactly when this is set (a dead producer marks nothing).
   bool page_cut() { return state().cut.load(std::memory_order_seq_cst) != 0; }
   // Whether frame `seq` of slot k was read before the producer cut us off (or we were not cut).
   bool read_before_cut(std::uint32_t k, std::uint64_t seq) {
@@ -397,8 +397,7 @@ struct Subscriber::Connection {
   bool releases_ran() {
     for (std::uint32_t k = 0; k < spec.slots; ++k) {
       const std::uint64_t e = record(k).release_enqueued.load(std::memory_order_acquire);
-      const std::uint64_t r = record(k).released.load(std::memory_order_acquire);
-      if (e && ((r & protocol::kForcedReady) || r < e)) return false;
+      if (e && !protocol::genuinely_ready(record(k).released.load(std::memory_order_acquire), e)) return false;
     }
     return true;
   }
@@ -408,8 +407,7 @@ struct Subscriber::Connection {
     for (std::uint32_t k = 0; k < spec.slots; ++k) {
       const std::uint64_t h = record(k).held.load();
       if (!h) continue;
-      const std::uint64_t r = record(k).released.load();
-      if ((r & protocol::kForcedReady) == 0 && r >= h) continue;  // our release ran: our wait passed
+      if (protocol::genuinely_ready(record(k).released.load(), h)) continue;  // our release ran: our wait passed
       if (protocol::genuinely_ready(transport->ready_value(k), h) || forced(k, h)) continue;
       return false;
     }
@@ -440,8 +438,7 @@ struct Subscriber::Connection {
             std::uint64_t held = r.held.load();
             // Our own release of it ran (a word our stream wrote, not the producer's raise of a
             // cut): our wait on its ready word has passed.
-            const std::uint64_t rel = r.released.load();
-            const bool ran = (rel & protocol::kForcedReady) == 0 && rel >= held;
+            const bool ran = protocol::genuinely_ready(r.released.load(), held);
             if (held && !ran && !protocol::genuinely_ready(transport->ready_value(k), held) && !forced(k, held)) {
               force(k, held);
             }
@@ -567,7 +564,7 @@ void Subscriber::producer_died() noexcept {
     // A frame whose word the watchdog raised never got its data, even if the application has
     // released it since (its GPU wait passed on the raised word); one not yet reached never will.
     const bool forced = conn_->forced(k, held);
-    if (!forced && (r.released.load() & ~protocol::kForcedReady) >= held) continue;
+    if (!forced && protocol::genuinely_ready(r.released.load(), held)) continue;
     // A word another consumer forced (kForcedReady) is not the producer's: the frame has no data.
     if (forced || !protocol::genuinely_ready(conn_->transport->ready_value(k), held)) {
       conn_->invalid_seqs.push_back(held);
@@ -605,7 +602,7 @@ bool Subscriber::check_producer() {
   // Cut off: subscribe again only once our streams have run the releases we enqueued before the
   // cut. A stream still stalled would hold the producer again from the first frame.
   for (auto& r : retired_) {
-    if (r->cut && !r->releases_ran()) return false;
+    if (r->page_cut() && !r->releases_ran()) return false;
   }
   next_reconnect_ns_ = now + std::chrono::duration_cast<std::chrono::nanoseconds>(opts_.reconnect_interval).count();
   try {
@@ -619,7 +616,6 @@ bool Subscriber::check_producer() {
 
 void Subscriber::producer_cut() noexcept {
   auto& c = *conn_;
-  c.cut = true;
   ++counters_.cuts;
   cut_owner_ = c.manifest.owner();
   cut_last_seq_ = last_seq_;
@@ -643,7 +639,7 @@ void Subscriber::producer_cut() noexcept {
 void Subscriber::prune_retired() noexcept {
   retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
                                 [](const std::unique_ptr<Connection>& r) {
-                                  return r->held == 0 && (!r->cut || (r->releases_ran() && r->waits_settled()));
+                                  return r->held == 0 && (!r->page_cut() || (r->releases_ran() && r->waits_settled()));
                                 }),
                  retired_.end());
 }
@@ -651,7 +647,7 @@ void Subscriber::prune_retired() noexcept {
 Subscriber::State Subscriber::state() {
   if (check_producer()) return State::connected;
   for (auto& r : retired_) {
-    if (r->cut && r->generation == generation_) return State::cut_off;
+    if (r->page_cut() && r->generation == generation_) return State::cut_off;
   }
   return State::producer_gone;
 }

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <limits>
+#include <optional>
 
 #include "directport/core/error.hpp"
 #include "directport/core/names.hpp"
@@ -152,18 +153,16 @@ StreamSpec spec_from_json(const nlohmann::json& j) {
     s.slots = slots.get<std::uint32_t>();
     s.memory = parse_memory_kind(field("memory").get<std::string>());
     s.fence = parse_fence_kind(field("fence").get<std::string>());
-    if (j.contains("acquire_timeout_us")) {
-      if (!j["acquire_timeout_us"].is_number_integer()) {
-        throw ValidationError("stream spec 'acquire_timeout_us' has the wrong type: not an integer");
+    // An optional integer key, or nullopt when absent.
+    auto optional_integer = [&](const char* key) -> std::optional<std::int64_t> {
+      if (!j.contains(key)) return std::nullopt;
+      if (!j[key].is_number_integer()) {
+        throw ValidationError(std::string("stream spec '") + key + "' has the wrong type: not an integer");
       }
-      s.acquire_timeout = std::chrono::microseconds(j["acquire_timeout_us"].get<std::int64_t>());
-    }
-    if (j.contains("release_timeout_ms")) {
-      if (!j["release_timeout_ms"].is_number_integer()) {
-        throw ValidationError("stream spec 'release_timeout_ms' has the wrong type: not an integer");
-      }
-      s.release_timeout = std::chrono::milliseconds(j["release_timeout_ms"].get<std::int64_t>());
-    }
+      return j[key].get<std::int64_t>();
+    };
+    if (auto v = optional_integer("acquire_timeout_us")) s.acquire_timeout = std::chrono::microseconds(*v);
+    if (auto v = optional_integer("release_timeout_ms")) s.release_timeout = std::chrono::milliseconds(*v);
     if (j.contains("layout")) s.layout = j["layout"];  // checked by validate()
   } catch (const nlohmann::json::exception& e) {
     throw ValidationError(std::string("stream spec has a field of the wrong type: ") + e.what());

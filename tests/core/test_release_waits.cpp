@@ -272,10 +272,10 @@ TEST_F(PublisherCutTest, AStalledReleaseIsReportedAfterTheBoundAndCutOff) {
   EXPECT_FALSE(pub_->stalled(kT0 + kBound));
   auto s = pub_->stalled(kT0 + kBound + kMs);
   ASSERT_TRUE(s);
-  EXPECT_EQ(s->connection_id, 7u);
+  EXPECT_EQ(s->wait.connection, 7u);
   EXPECT_EQ(s->client, "stalled");
-  EXPECT_EQ(s->seq, 1u);
-  EXPECT_TRUE(pub_->cut(s->connection_id, &s->wait));
+  EXPECT_EQ(s->wait.value, 1u);
+  EXPECT_TRUE(pub_->cut(s->wait.connection, &s->wait));
   // The page: what had been read, the mark, and the one word our wait needs raised, flagged.
   EXPECT_EQ(stalled_.rec(0).released_at_cut.load(), 0u);
   EXPECT_EQ(stalled_.state().cut.load(), 1u);
@@ -298,7 +298,7 @@ TEST_F(PublisherCutTest, AConsumerThatRecoveredBeforeTheCutIsNotCut) {
   auto s = pub_->stalled(kT0 + 2 * kBound);
   ASSERT_TRUE(s);
   stalled_.rec(0).released = 1;
-  EXPECT_FALSE(pub_->cut(s->connection_id, &s->wait));
+  EXPECT_FALSE(pub_->cut(s->wait.connection, &s->wait));
   EXPECT_EQ(stalled_.state().cut.load(), 0u);
   EXPECT_EQ(pub_->counters().cut_off, 0u);
   EXPECT_EQ(pub_->counters().subscribers, 2u);
@@ -355,7 +355,7 @@ TEST_F(PublisherCutTest, AnAbandonedLeaseDoesNotRecordItsWaitTwice) {
   EXPECT_FALSE(pub_->stalled(kT0));
   auto s = pub_->stalled(kT0 + kBound + kMs);
   ASSERT_TRUE(s);
-  EXPECT_EQ(s->seq, 1u);
+  EXPECT_EQ(s->wait.value, 1u);
 }
 
 }  // namespace

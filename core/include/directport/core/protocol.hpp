@@ -20,7 +20,8 @@ inline constexpr std::size_t kFencePageBytes = 4096;
 // A ready word a survivor raised for a dead producer holds seq | kForcedReady: it releases every
 // wait (GEQ) and still says "not written by the producer", so that another consumer of the same
 // page does not take the frame for complete (genuinely_ready()). The producer's raise of a cut
-// consumer's release words carries it too (PROTOCOL.md §10.3). Bit 62, not 63: a GPU wait's GEQ
+// consumer's release words carries it too (PROTOCOL.md §10.3): genuinely_ready() of a release
+// word says whether the consumer's own stream wrote it, at or above the seq. Bit 62, not 63: a GPU wait's GEQ
 // is cyclic, (int64_t)(*addr - value) >= 0, and (seq | 2^63) - seq is negative, which blocks the
 // wait it must release; (seq | 2^62) - seq' stays positive for every seq' below 2^62.
 inline constexpr std::uint64_t kForcedReady = 1ull << 62;

@@ -55,11 +55,9 @@ class Publisher {
   // The consumer whose enqueued release has held our GPU stream for longer than
   // spec.release_timeout (alive, its own stream stalled): see ReleaseWaits.
   struct Stalled {
-    std::uint64_t connection_id = 0;
     std::string client;
-    std::uint64_t seq = 0;  // the frame whose release our stream waits for
-    double waited_ms = 0;   // since our stream reached that wait (to a broker tick)
-    ReleaseWaits::Wait wait;
+    double waited_ms = 0;     // since our stream reached the wait (to a broker tick)
+    ReleaseWaits::Wait wait;  // its connection, and the frame whose release it waits for (value)
   };
 
   Publisher(StreamSpec spec, protocol::ControlBlock& control, std::uint32_t control_index,
