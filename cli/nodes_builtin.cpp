@@ -86,8 +86,8 @@ int run_pattern_source(NodeContext& ctx) {
   double rate = p["rate_hz"].get<double>();
   auto frames = p["frames"].get<std::uint64_t>();
   auto wait_subs = p["wait_subscribers"].get<std::uint64_t>();
-  // Test hook: before writing frame number `stall_after` (1-based), enqueue `stall_ms` of spinning
-  // on our stream: the frames announced meanwhile are not written, and consumers' GPU waits on
+  // Test hook: before writing frame number `stall_after` (1-based), hold our stream for
+  // `stall_ms` (the GPU left free): the frames announced meanwhile are not written, and consumers' GPU waits on
   // their ready words stay pending (a producer killed then leaves them for the survivors to raise).
   const auto stall_after = p["stall_after"].get<std::uint64_t>();
   const auto stall_ms = p["stall_ms"].get<double>();
@@ -124,7 +124,7 @@ int run_pattern_source(NodeContext& ctx) {
       if (n + 1 == stall_after && stall_ms > 0) {
         std::fprintf(stderr, "stalling our stream for %.0f ms before writing frame %llu\n", stall_ms,
                      static_cast<unsigned long long>(lease->seq));
-        kernels::spin_gpu(static_cast<std::uint64_t>(stall_ms * 1e6), gpu->gs());
+        kernels::hold_stream(static_cast<std::uint64_t>(stall_ms * 1e6), gpu->gs());
       }
       kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->reduce, gpu->gs());
       pub.publish(*lease, {lease->seq, 0, 0}, gpu->gs());
@@ -160,8 +160,8 @@ int run_checksum_sink(NodeContext& ctx) {
   auto hold_ms = p["hold_ms"].get<double>();
   // Test hook: write into the first frame received, which must fault (read-only mapping).
   auto write_probe = p["write_probe"].get<bool>();
-  // Test hook: before releasing frame number `stall_after` (1-based), enqueue `stall_ms` of
-  // spinning on our stream, and stop synchronising it: the release runs that much later while we
+  // Test hook: before releasing frame number `stall_after` (1-based), hold our stream for
+  // `stall_ms` (the GPU left free), and stop synchronising it: the release runs that much later while we
   // go on taking frames (a consumer whose stream stalls). Once the producer has cut us off
   // (PROTOCOL.md §10.3) we wait the stall out and go on as before; the frames taken meanwhile
   // are not verified (`unchecked`).
@@ -246,7 +246,7 @@ int run_checksum_sink(NodeContext& ctx) {
       if (taken == stall_after && stall_ms > 0) {
         std::fprintf(stderr, "stalling our stream for %.0f ms before releasing frame %llu\n", stall_ms,
                      static_cast<unsigned long long>(f->seq));
-        kernels::spin_gpu(static_cast<std::uint64_t>(stall_ms * 1e6), gs);
+        kernels::hold_stream(static_cast<std::uint64_t>(stall_ms * 1e6), gs);
         stalling = true;
       }
       sub.release(*f, gs);

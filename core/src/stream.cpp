@@ -417,6 +417,14 @@ struct Subscriber::Connection {
   // Whether the watchdog raised slot k's ready word for the frame `seq` (it raises a word only to
   // the seq held in that slot, never reached by the producer: that frame has no data).
   bool forced(std::uint32_t k, std::uint64_t seq) const { return forced_seq[k].load() == seq; }
+  // Whether frame `seq` of slot k may lack its data because its word was raised: by us, or by
+  // another consumer (a word with kForcedReady is a survivor's, never a live producer's). Our GPU
+  // wait passes on another's raise before our watchdog has seen the death. A raise for a later
+  // frame of the slot makes this one look raised too; the producer may have written it, but it
+  // is dead, and a frame lost is the safe side of a frame accepted without its data.
+  bool raised(std::uint32_t k, std::uint64_t seq) const {
+    return forced(k, seq) || (transport->ready_value(k) & protocol::kForcedReady) != 0;
+  }
   void force(std::uint32_t k, std::uint64_t seq) noexcept {
     forced_seq[k].store(seq);
     const std::uint64_t latest = control->latest_seq.load(std::memory_order_acquire);
@@ -561,12 +569,12 @@ void Subscriber::producer_died() noexcept {
     auto& r = conn_->record(k);
     std::uint64_t held = r.held.load();
     if (!held) continue;
-    // A frame whose word the watchdog raised never got its data, even if the application has
-    // released it since (its GPU wait passed on the raised word); one not yet reached never will.
-    const bool forced = conn_->forced(k, held);
-    if (!forced && protocol::genuinely_ready(r.released.load(), held)) continue;
-    // A word another consumer forced (kForcedReady) is not the producer's: the frame has no data.
-    if (forced || !protocol::genuinely_ready(conn_->transport->ready_value(k), held)) {
+    // A frame whose word was raised (by our watchdog or another consumer's) never got its data,
+    // even if the application has released it since (its GPU wait passed on the raised word);
+    // one not yet reached never will.
+    const bool raised = conn_->raised(k, held);
+    if (!raised && protocol::genuinely_ready(r.released.load(), held)) continue;
+    if (raised || !protocol::genuinely_ready(conn_->transport->ready_value(k), held)) {
       conn_->invalid_seqs.push_back(held);
       ++counters_.invalidated;
       if (!conn_->forced(k, held)) conn_->force(k, held);
@@ -622,11 +630,11 @@ void Subscriber::producer_cut() noexcept {
   // The watchdog keeps running: the producer is alive and will write the ready words we wait on,
   // but if it dies first, the watchdog raises them as for any death.
   // The last frame taken in each slot, if it had not been read before the cut (its release had
-  // not run, whether or not the application had released it) or the watchdog forced its word (the
+  // not run, whether or not the application had released it) or its word was raised (the
   // producer having died since): invalid, and counted, as producer_died() counts.
   for (std::uint32_t k = 0; k < c.spec.slots; ++k) {
     const std::uint64_t held = c.record(k).held.load();
-    if (held && (!c.read_before_cut(k, held) || c.forced(k, held))) {
+    if (held && (!c.read_before_cut(k, held) || c.raised(k, held))) {
       c.invalid_seqs.push_back(held);
       ++counters_.invalidated;
     }
@@ -766,11 +774,11 @@ void Subscriber::release(const Frame& f, GpuStream stream) {
 bool Subscriber::is_valid(const Frame& f) const {
   // The watchdog thread may have raised this frame's word before this thread noticed the death.
   // The producer may have cut us off before this thread noticed: the page says so at once.
-  if (conn_ && f.generation == conn_->generation) return !conn_->forced(f.slot, f.seq) && conn_->read_before_cut(f.slot, f.seq);
+  if (conn_ && f.generation == conn_->generation) return !conn_->raised(f.slot, f.seq) && conn_->read_before_cut(f.slot, f.seq);
   for (auto& r : retired_) {
     if (r->generation == f.generation) {
       return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end() &&
-             r->read_before_cut(f.slot, f.seq) && !r->forced(f.slot, f.seq);
+             r->read_before_cut(f.slot, f.seq) && !r->raised(f.slot, f.seq);
     }
   }
   return false;

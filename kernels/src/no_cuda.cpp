@@ -16,7 +16,7 @@ void stamp_frame_gpu(void*, std::size_t, std::uint64_t, std::uint64_t, std::uint
 void verify_frame_gpu(const void*, std::size_t, std::uint64_t, std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
 void stamp_time_gpu(std::uint64_t*, std::uint64_t, GpuStream) { no_cuda(); }
 void measure_since_gpu(const std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
-void spin_gpu(std::uint64_t, GpuStream) { no_cuda(); }
+void hold_stream(std::uint64_t, GpuStream) { no_cuda(); }
 
 struct FusionGpu::Device {};
 FusionGpu::FusionGpu(FusionLayout layout) : layout_(std::move(layout)) { no_cuda(); }

@@ -1,5 +1,9 @@
 #include <cuda_runtime.h>
 
+#include <chrono>
+#include <cstdint>
+#include <thread>
+
 #include "directport/cuda/driver.hpp"
 #include "directport/kernels/timing.hpp"
 
@@ -23,17 +27,15 @@ __global__ void since_kernel(const std::uint64_t* frame, std::uint64_t* out) {
   out[1] = frame[1];
 }
 
-__global__ void spin_kernel(std::uint64_t ns) {
-  const std::uint64_t until = globaltimer() + ns;
-  while (globaltimer() < until) {
-  }
+void CUDART_CB sleep_host(void* ns) {
+  std::this_thread::sleep_for(std::chrono::nanoseconds(reinterpret_cast<std::uintptr_t>(ns)));
 }
 
 }  // namespace
 
-void spin_gpu(std::uint64_t ns, GpuStream stream) {
-  spin_kernel<<<1, 1, 0, reinterpret_cast<cudaStream_t>(stream)>>>(ns);
-  DP_CUDA_CHECK(cudaGetLastError());
+void hold_stream(std::uint64_t ns, GpuStream stream) {
+  DP_CUDA_CHECK(cudaLaunchHostFunc(reinterpret_cast<cudaStream_t>(stream), sleep_host,
+                                   reinterpret_cast<void*>(static_cast<std::uintptr_t>(ns))));
 }
 
 void stamp_time_gpu(std::uint64_t* dst, std::uint64_t seq, GpuStream stream) {

@@ -205,7 +205,7 @@ TEST_F(GpuTransport, ConsumerKilledWhileHoldingDoesNotStopTheProducer) {
 }
 
 // A consumer whose GPU stream stalls after it enqueued a release (alive, connected; its stream
-// spins 10 s while it goes on taking frames without synchronising) holds the producer's stream,
+// is held 10 s, the GPU left free, while it goes on taking frames without synchronising) holds the producer's stream,
 // which waits for that release. After the stream's release_timeout (500 ms here) the producer cuts
 // it off (PROTOCOL.md §10.3) and the other consumer goes on. The cut consumer holds frames the
 // producer announced but had not written; it writes none of the live producer's ready words, so
@@ -240,8 +240,8 @@ TEST_F(GpuTransport, ConsumerWhoseStreamStallsIsCutOffAndTheOthersGoOn) {
   EXPECT_EQ(rcp, 0) << jp.dump();
   EXPECT_EQ(jp.value("cut_off", 0), 1) << jp.dump();
   std::printf("[ figures ] stalled consumer cut off: healthy consumer took %.2f s for 4000 frames at 1 kHz; "
-              "stalled: %s; producer: %s\n",
-              took_s, js.dump().c_str(), jp.dump().c_str());
+              "healthy: %s; stalled: %s; producer: %s\n",
+              took_s, j.dump().c_str(), js.dump().c_str(), jp.dump().c_str());
 }
 
 TEST_F(GpuTransport, LegacyIpcMemoryKindCarriesVerifiedFrames) {
