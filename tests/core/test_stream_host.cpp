@@ -21,6 +21,7 @@
 
 #include "directport/core/broker.hpp"
 #include "directport/core/error.hpp"
+#include "directport/core/fence.hpp"
 #include "directport/core/manifest.hpp"
 #include "directport/core/node.hpp"
 #include "directport/core/stream.hpp"
@@ -523,6 +524,38 @@ TEST_F(StreamHost, ACutConsumerLosesWhatItHadNotReadAndSubscribesAgain) {
   EXPECT_TRUE(sub.is_valid(*f3));
   sub.release(*f3);
   EXPECT_EQ(pub.counters().cut_off, 1u);
+}
+
+// A survivor of a dead producer raises the ready words of frames it holds (seq | kForcedReady);
+// another consumer's GPU wait on the same word then passes on that raise before its own watchdog
+// has seen the death. Such a frame may have no data: is_valid() says so at once, and the death,
+// when the subscriber sees it, counts the frame invalid though its release has run.
+TEST_F(StreamHost, AFrameWhoseReadyWordASurvivorRaisedIsInvalid) {
+  auto node = std::make_unique<Node>(node_opts("cam"));
+  auto& pub = node->advertise(test::host_spec("rgb", kBytes));
+  Subscriber sub("cam", "rgb", sub_opts());
+  test::PublishStats ps;
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
+  auto f1 = sub.next(1s);
+  auto f2 = sub.next(1s);
+  ASSERT_TRUE(f1 && f2);
+  ASSERT_NE(f1->slot, f2->slot);
+  EXPECT_TRUE(sub.is_valid(*f1));
+  EXPECT_TRUE(sub.is_valid(*f2));
+  // What a survivor writes into the ready page (the test plays it: the page the consumers map).
+  auto page = platform::Segment::map_fd(platform::UniqueFd(::dup(pub.transport().export_fds().at(1))),
+                                        protocol::kFencePageBytes, platform::Access::read_write);
+  fence::page_word(page.data(), f2->slot).store(f2->seq | protocol::kForcedReady);
+  EXPECT_TRUE(sub.is_valid(*f1)) << "another slot's word";
+  EXPECT_FALSE(sub.is_valid(*f2)) << "its word raised by a survivor: its data may never have been written";
+  sub.release(*f2);  // its release runs (at once, on the host)
+  node.reset();
+  ASSERT_TRUE(test::wait_until([&] { return sub.state() == Subscriber::State::producer_gone; }, 5s));
+  EXPECT_FALSE(sub.next(10ms));
+  EXPECT_EQ(sub.counters().invalidated, 1u) << "the raised frame, released or not";
+  EXPECT_TRUE(sub.is_valid(*f1)) << "its word is the producer's own";
+  sub.release(*f1);
 }
 
 TEST_F(StreamHost, GracefulProducerStopIsSeenAsProducerGone) {
