@@ -84,6 +84,15 @@ class StreamHost : public test::DomainTest {
     args.insert(args.end(), extra.begin(), extra.end());
     return Child::helper(args);
   }
+  // Publishes two frames and takes both, held: nullopt (and a failure) if either is missing.
+  std::optional<std::pair<Frame, Frame>> two_frames_held(Publisher& pub, Subscriber& sub, test::PublishStats& ps) {
+    for (int i = 0; i < 2; ++i) EXPECT_TRUE(test::publish_one(pub, seed_, 1, ps));
+    auto f1 = sub.next(1s);
+    auto f2 = sub.next(1s);
+    EXPECT_TRUE(f1 && f2);
+    if (!f1 || !f2) return std::nullopt;
+    return std::make_pair(*f1, *f2);
+  }
   static nlohmann::json result_of(Child& c, std::chrono::milliseconds timeout = 30s) {
     auto r = c.expect("result", timeout);
     if (!r) return nullptr;
@@ -490,19 +499,17 @@ TEST_F(StreamHost, ACutConsumerLosesWhatItHadNotReadAndSubscribesAgain) {
   auto& pub = node.advertise(test::host_spec("rgb", kBytes, 3, 20ms));
   Subscriber sub("cam", "rgb", sub_opts());
   test::PublishStats ps;
-  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
-  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
-  auto f1 = sub.next(1s);
-  auto f2 = sub.next(1s);
-  ASSERT_TRUE(f1 && f2);
-  sub.release(*f1);
+  auto held = two_frames_held(pub, sub, ps);
+  ASSERT_TRUE(held);
+  const auto [f1, f2] = *held;
+  sub.release(f1);
   const auto connection = pub.consumers()[0]["connection"].get<std::uint64_t>();
   node.cut_off(connection);
   EXPECT_EQ(pub.counters().cut_off, 1u);
   EXPECT_EQ(pub.counters().subscribers, 0u);
   // At once, whether or not the subscriber has looked at its connection yet.
-  EXPECT_TRUE(sub.is_valid(*f1)) << "released (read) before the cut";
-  EXPECT_FALSE(sub.is_valid(*f2)) << "still held at the cut: its slot may be rewritten";
+  EXPECT_TRUE(sub.is_valid(f1)) << "released (read) before the cut";
+  EXPECT_FALSE(sub.is_valid(f2)) << "still held at the cut: its slot may be rewritten";
   // The producer no longer waits for the holds of the consumer it cut: every slot is writable.
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(test::publish_one(pub, seed_, 1, ps));
   EXPECT_EQ(pub.counters().dropped, 0u);
@@ -513,8 +520,8 @@ TEST_F(StreamHost, ACutConsumerLosesWhatItHadNotReadAndSubscribesAgain) {
   auto c = sub.counters();
   EXPECT_EQ(c.cuts, 1u);
   EXPECT_EQ(c.invalidated, 1u);
-  EXPECT_FALSE(sub.is_valid(*f2));
-  sub.release(*f2);  // a frame of the cut connection: nothing to write, no error
+  EXPECT_FALSE(sub.is_valid(f2));
+  sub.release(f2);  // a frame of the cut connection: nothing to write, no error
   ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
   auto f3 = sub.next(1s);
   ASSERT_TRUE(f3);
@@ -535,27 +542,25 @@ TEST_F(StreamHost, AFrameWhoseReadyWordASurvivorRaisedIsInvalid) {
   auto& pub = node->advertise(test::host_spec("rgb", kBytes));
   Subscriber sub("cam", "rgb", sub_opts());
   test::PublishStats ps;
-  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
-  ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
-  auto f1 = sub.next(1s);
-  auto f2 = sub.next(1s);
-  ASSERT_TRUE(f1 && f2);
-  ASSERT_NE(f1->slot, f2->slot);
-  EXPECT_TRUE(sub.is_valid(*f1));
-  EXPECT_TRUE(sub.is_valid(*f2));
+  auto held = two_frames_held(pub, sub, ps);
+  ASSERT_TRUE(held);
+  const auto [f1, f2] = *held;
+  ASSERT_NE(f1.slot, f2.slot);
+  EXPECT_TRUE(sub.is_valid(f1));
+  EXPECT_TRUE(sub.is_valid(f2));
   // What a survivor writes into the ready page (the test plays it: the page the consumers map).
   auto page = platform::Segment::map_fd(platform::UniqueFd(::dup(pub.transport().export_fds().at(1))),
                                         protocol::kFencePageBytes, platform::Access::read_write);
-  fence::page_word(page.data(), f2->slot).store(f2->seq | protocol::kForcedReady);
-  EXPECT_TRUE(sub.is_valid(*f1)) << "another slot's word";
-  EXPECT_FALSE(sub.is_valid(*f2)) << "its word raised by a survivor: its data may never have been written";
-  sub.release(*f2);  // its release runs (at once, on the host)
+  fence::page_word(page.data(), f2.slot).store(f2.seq | protocol::kForcedReady);
+  EXPECT_TRUE(sub.is_valid(f1)) << "another slot's word";
+  EXPECT_FALSE(sub.is_valid(f2)) << "its word raised by a survivor: its data may never have been written";
+  sub.release(f2);  // its release runs (at once, on the host)
   node.reset();
   ASSERT_TRUE(test::wait_until([&] { return sub.state() == Subscriber::State::producer_gone; }, 5s));
   EXPECT_FALSE(sub.next(10ms));
   EXPECT_EQ(sub.counters().invalidated, 1u) << "the raised frame, released or not";
-  EXPECT_TRUE(sub.is_valid(*f1)) << "its word is the producer's own";
-  sub.release(*f1);
+  EXPECT_TRUE(sub.is_valid(f1)) << "its word is the producer's own";
+  sub.release(f1);
 }
 
 TEST_F(StreamHost, GracefulProducerStopIsSeenAsProducerGone) {
