@@ -1,15 +1,21 @@
 // Small helpers shared by the benchmark programs.
 #pragma once
 
+#include <signal.h>
+
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "directport/core/error.hpp"
+#include "directport/platform/child.hpp"
 
 namespace dp::bench {
 
@@ -22,6 +28,19 @@ inline std::optional<int> parse_args(CLI::App& app, int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   return std::nullopt;
+}
+
+// Waits for a role process (killed after `bound`), clears `ok` unless it exited 0, and returns
+// the JSON object it printed (null if none).
+inline nlohmann::json collect_json(platform::Child& c, bool& ok, std::chrono::seconds bound) {
+  auto rc = c.wait_for(bound);
+  if (!rc) {
+    c.signal(SIGKILL);
+    c.wait_for(std::chrono::seconds(5));
+  }
+  ok = ok && rc && *rc == 0;
+  auto j = nlohmann::json::parse(c.output(), nullptr, false);
+  return j.is_discarded() ? nlohmann::json() : j;
 }
 
 // The p-quantile (0..1) of `v`, nearest rank; 0 for an empty sample.

@@ -353,19 +353,6 @@ int floor_role(const Role& r) {
 
 // ------------------------------------------------------------------------------------- driver
 
-// Waits for a role process (killed after 300 s), clears `ok` unless it exited 0, and returns the
-// JSON object it printed (null if none).
-json collect_json(platform::Child& c, bool& ok) {
-  auto rc = c.wait_for(std::chrono::seconds(300));
-  if (!rc) {
-    c.signal(SIGKILL);
-    c.wait_for(std::chrono::seconds(5));
-  }
-  ok = ok && rc && *rc == 0;
-  auto j = json::parse(c.output(), nullptr, false);
-  return j.is_discarded() ? json() : j;
-}
-
 json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k, std::uint64_t frames, std::uint64_t spin_us) {
   const std::string domain = "hb" + std::to_string(::getpid()) + "-" + method + "-" + std::to_string(bytes) + "-" + std::to_string(k);
   const std::size_t page_bytes = kPageBytes + (method == "staging" ? kRing * bytes : 0);
@@ -383,7 +370,7 @@ json run_native(const std::string& method, std::uint64_t bytes, std::uint64_t k,
   std::vector<platform::Child> cons;
   for (std::uint64_t i = 0; i < k; ++i) cons.push_back(spawn({"--role", "consumer", "--index", std::to_string(i)}));
   bool ok = true;
-  auto collect = [&](platform::Child& c) { return collect_json(c, ok); };
+  auto collect = [&](platform::Child& c) { return bench::collect_json(c, ok, std::chrono::seconds(300)); };
   std::vector<json> cj;
   for (auto& c : cons) cj.push_back(collect(c));
   if (!ok) prod.signal(SIGKILL);
@@ -423,7 +410,7 @@ json run_floor(std::uint64_t bytes, std::uint64_t frames) {
   auto c = platform::Child::spawn({"/proc/self/exe", "--role", "floor", "--bytes", std::to_string(bytes), "--frames", std::to_string(frames)},
                                   {/*capture_stdout=*/true});
   bool ok = true;
-  json j = collect_json(c, ok);
+  json j = bench::collect_json(c, ok, std::chrono::seconds(300));
   if (!ok || !j.is_object()) {
     row["ok"] = false;
     return row;

@@ -353,14 +353,6 @@ platform::Child spawn(std::vector<std::string> args) {
   return platform::Child::spawn(args, {/*capture_stdout=*/true});
 }
 
-// Waits (bounded) and parses the child's JSON line; null on failure.
-nlohmann::json collect(platform::Child& c, bool& ok) {
-  auto rc = c.wait_for(std::chrono::seconds(120));
-  ok = ok && rc && *rc == 0;
-  auto j = nlohmann::json::parse(c.output(), nullptr, false);
-  return j.is_discarded() ? nlohmann::json() : j;
-}
-
 int driver_main(const Args& a) {
   auto probe = cuda::probe(false);
   if (!probe.value("usable", false)) {
@@ -462,7 +454,7 @@ int driver_main(const Args& a) {
         std::vector<nlohmann::json> cj;
         bool ok = up;
         for (auto& c : cons) {
-          auto j = collect(c, ok);
+          auto j = bench::collect_json(c, ok, std::chrono::seconds(120));
           if (!j.is_null()) cj.push_back(j);
           if (!ok) {  // the others may wait for the one that failed: end them all now
             for (auto& o : cons) o.signal(SIGKILL);
@@ -470,7 +462,7 @@ int driver_main(const Args& a) {
           }
         }
         if (!ok) prod.signal(SIGKILL);  // it may still wait for consumers that are gone
-        auto pj = collect(prod, ok);
+        auto pj = bench::collect_json(prod, ok, std::chrono::seconds(120));
         if (raw_page) platform::Segment::unlink(raw_page_name(domain));
         ok = ok && !pj.is_null() && cj.size() == k;
         std::uint64_t bad = 0;
