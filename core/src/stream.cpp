@@ -408,7 +408,7 @@ struct Subscriber::Connection {
       const std::uint64_t h = record(k).held.load();
       if (!h) continue;
       if (protocol::genuinely_ready(record(k).released.load(), h)) continue;  // our release ran: our wait passed
-      if (protocol::genuinely_ready(transport->ready_value(k), h) || forced(k, h)) continue;
+      if (written(k, h) || forced(k, h)) continue;
       return false;
     }
     return true;
@@ -417,13 +417,27 @@ struct Subscriber::Connection {
   // Whether the watchdog raised slot k's ready word for the frame `seq` (it raises a word only to
   // the seq held in that slot, never reached by the producer: that frame has no data).
   bool forced(std::uint32_t k, std::uint64_t seq) const { return forced_seq[k].load() == seq; }
-  // Whether frame `seq` of slot k may lack its data because its word was raised: by us, or by
-  // another consumer (a word with kForcedReady is a survivor's, never a live producer's). Our GPU
-  // wait passes on another's raise before our watchdog has seen the death. A raise for a later
-  // frame of the slot makes this one look raised too; the producer may have written it, but it
-  // is dead, and a frame lost is the safe side of a frame accepted without its data.
+  // Whether slot k's ready word says the producer wrote frame `seq`: it reached `seq` without
+  // the flag, or it was raised for a later frame of the slot (the producer reuses a slot only
+  // once its own stream has signalled the slot's previous frame: Publisher::try_claim's run-ahead
+  // bound). A word with kForcedReady is a survivor's raise, never a live producer's.
+  bool written(std::uint32_t k, std::uint64_t seq) const {
+    const std::uint64_t w = transport->ready_value(k);
+    return protocol::genuinely_ready(w, seq) || ((w & protocol::kForcedReady) && (w & ~protocol::kForcedReady) > seq);
+  }
+  // Whether frame `seq` of slot k, which our wait let through, may lack its data because a
+  // survivor of a dead producer raised a word: our wait passes on another consumer's raise
+  // before our own watchdog has seen the death. Its own word raised for it (or an older frame),
+  // or any word of the page raised while its own is below `seq` (a timeline semaphore is one for
+  // every slot, raised with any of them). With no raise in the page the producer is alive and a
+  // word below `seq` is still on its way (a device-resident word's host mirror follows it).
   bool raised(std::uint32_t k, std::uint64_t seq) const {
-    return forced(k, seq) || (transport->ready_value(k) & protocol::kForcedReady) != 0;
+    if (forced(k, seq)) return true;
+    if (written(k, seq)) return false;
+    for (std::uint32_t j = 0; j < spec.slots; ++j) {
+      if (transport->ready_value(j) & protocol::kForcedReady) return true;
+    }
+    return false;
   }
   void force(std::uint32_t k, std::uint64_t seq) noexcept {
     forced_seq[k].store(seq);
@@ -447,7 +461,7 @@ struct Subscriber::Connection {
             // Our own release of it ran (a word our stream wrote, not the producer's raise of a
             // cut): our wait on its ready word has passed.
             const bool ran = protocol::genuinely_ready(r.released.load(), held);
-            if (held && !ran && !protocol::genuinely_ready(transport->ready_value(k), held) && !forced(k, held)) {
+            if (held && !ran && !written(k, held) && !forced(k, held)) {
               force(k, held);
             }
           }
@@ -566,19 +580,15 @@ void Subscriber::producer_died() noexcept {
   // force a slot between the reads below, and a frame without data would be kept as valid.
   conn_->stop_watchdog();
   for (std::uint32_t k = 0; k < conn_->spec.slots; ++k) {
-    auto& r = conn_->record(k);
-    std::uint64_t held = r.held.load();
+    const std::uint64_t held = conn_->record(k).held.load();
     if (!held) continue;
-    // A frame whose word was raised (by our watchdog or another consumer's) never got its data,
-    // even if the application has released it since (its GPU wait passed on the raised word);
-    // one not yet reached never will.
-    const bool raised = conn_->raised(k, held);
-    if (!raised && protocol::genuinely_ready(r.released.load(), held)) continue;
-    if (raised || !protocol::genuinely_ready(conn_->transport->ready_value(k), held)) {
-      conn_->invalid_seqs.push_back(held);
-      ++counters_.invalidated;
-      if (!conn_->forced(k, held)) conn_->force(k, held);
-    }
+    // A frame whose word the producer did not reach never got its data, even if the application
+    // has released it since (its GPU wait passed on a raise: our watchdog's or another
+    // consumer's); one not yet reached never will.
+    if (!conn_->forced(k, held) && conn_->written(k, held)) continue;
+    conn_->invalid_seqs.push_back(held);
+    ++counters_.invalidated;
+    if (!conn_->forced(k, held)) conn_->force(k, held);
   }
   if (conn_->held > 0) retired_.push_back(std::move(conn_));
   conn_.reset();

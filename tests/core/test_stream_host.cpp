@@ -84,14 +84,17 @@ class StreamHost : public test::DomainTest {
     args.insert(args.end(), extra.begin(), extra.end());
     return Child::helper(args);
   }
-  // Publishes two frames and takes both, held: nullopt (and a failure) if either is missing.
-  std::optional<std::pair<Frame, Frame>> two_frames_held(Publisher& pub, Subscriber& sub, test::PublishStats& ps) {
-    for (int i = 0; i < 2; ++i) EXPECT_TRUE(test::publish_one(pub, seed_, 1, ps));
-    auto f1 = sub.next(1s);
-    auto f2 = sub.next(1s);
-    EXPECT_TRUE(f1 && f2);
-    if (!f1 || !f2) return std::nullopt;
-    return std::make_pair(*f1, *f2);
+  // Publishes `n` frames and takes each as it comes, held; fewer (and a failure) if one is missing.
+  std::vector<Frame> frames_held(Publisher& pub, Subscriber& sub, test::PublishStats& ps, int n) {
+    std::vector<Frame> held;
+    for (int i = 0; i < n; ++i) {
+      EXPECT_TRUE(test::publish_one(pub, seed_, 1, ps));
+      auto f = sub.next(1s);
+      EXPECT_TRUE(f);
+      if (!f) break;
+      held.push_back(*f);
+    }
+    return held;
   }
   static nlohmann::json result_of(Child& c, std::chrono::milliseconds timeout = 30s) {
     auto r = c.expect("result", timeout);
@@ -255,13 +258,8 @@ TEST_F(StreamHost, ProducerDropsWithinItsTimeoutWhenEverySlotIsHeld) {
   auto& pub = node.advertise(test::host_spec("rgb", kBytes, 3, timeout));
   Subscriber sub("cam", "rgb", sub_opts());
   test::PublishStats ps;
-  std::vector<Frame> held;
-  for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(test::publish_one(pub, seed_, 1, ps));
-    auto f = sub.next(1s);
-    ASSERT_TRUE(f);
-    held.push_back(*f);
-  }
+  const auto held = frames_held(pub, sub, ps, 3);
+  ASSERT_EQ(held.size(), 3u);
   auto t0 = std::chrono::steady_clock::now();
   EXPECT_FALSE(pub.acquire()) << "every slot is held";
   auto dt = std::chrono::steady_clock::now() - t0;
@@ -499,9 +497,9 @@ TEST_F(StreamHost, ACutConsumerLosesWhatItHadNotReadAndSubscribesAgain) {
   auto& pub = node.advertise(test::host_spec("rgb", kBytes, 3, 20ms));
   Subscriber sub("cam", "rgb", sub_opts());
   test::PublishStats ps;
-  auto held = two_frames_held(pub, sub, ps);
-  ASSERT_TRUE(held);
-  const auto [f1, f2] = *held;
+  const auto held = frames_held(pub, sub, ps, 2);
+  ASSERT_EQ(held.size(), 2u);
+  const Frame f1 = held[0], f2 = held[1];
   sub.release(f1);
   const auto connection = pub.consumers()[0]["connection"].get<std::uint64_t>();
   node.cut_off(connection);
@@ -533,34 +531,42 @@ TEST_F(StreamHost, ACutConsumerLosesWhatItHadNotReadAndSubscribesAgain) {
   EXPECT_EQ(pub.counters().cut_off, 1u);
 }
 
-// A survivor of a dead producer raises the ready words of frames it holds (seq | kForcedReady);
-// another consumer's GPU wait on the same word then passes on that raise before its own watchdog
-// has seen the death. Such a frame may have no data: is_valid() says so at once, and the death,
-// when the subscriber sees it, counts the frame invalid though its release has run.
+// A survivor of a dead producer raises the ready words of frames it holds (seq | kForcedReady),
+// and a timeline semaphore, one for every slot, with them; another consumer's wait then passes on
+// that raise before its own watchdog has seen the death. Such a frame may have no data:
+// is_valid() says so at once, and the death, when the subscriber sees it, counts it invalid
+// though its release has run. A frame older than the one a raise names was written (the producer
+// reuses a slot only once its stream has signalled the slot's previous frame): it stays valid.
+// The test writes into the ready page what survivors would; the host transport raises nothing.
 TEST_F(StreamHost, AFrameWhoseReadyWordASurvivorRaisedIsInvalid) {
   auto node = std::make_unique<Node>(node_opts("cam"));
-  auto& pub = node->advertise(test::host_spec("rgb", kBytes));
+  auto& pub = node->advertise(test::host_spec("rgb", kBytes, 4));
   Subscriber sub("cam", "rgb", sub_opts());
   test::PublishStats ps;
-  auto held = two_frames_held(pub, sub, ps);
-  ASSERT_TRUE(held);
-  const auto [f1, f2] = *held;
-  ASSERT_NE(f1.slot, f2.slot);
-  EXPECT_TRUE(sub.is_valid(f1));
-  EXPECT_TRUE(sub.is_valid(f2));
-  // What a survivor writes into the ready page (the test plays it: the page the consumers map).
+  const auto f = frames_held(pub, sub, ps, 4);
+  ASSERT_EQ(f.size(), 4u);
+  for (auto& x : f) EXPECT_TRUE(sub.is_valid(x)) << "seq " << x.seq;
   auto page = platform::Segment::map_fd(platform::UniqueFd(::dup(pub.transport().export_fds().at(1))),
                                         protocol::kFencePageBytes, platform::Access::read_write);
-  fence::page_word(page.data(), f2.slot).store(f2.seq | protocol::kForcedReady);
-  EXPECT_TRUE(sub.is_valid(f1)) << "another slot's word";
-  EXPECT_FALSE(sub.is_valid(f2)) << "its word raised by a survivor: its data may never have been written";
-  sub.release(f2);  // its release runs (at once, on the host)
+  auto word = [&](const Frame& x) -> protocol::AtomicU64& { return fence::page_word(page.data(), x.slot); };
+  word(f[2]).store(0);  // never signalled: its wait passed on another slot's raise
+  // While no word carries the flag, a word still on its way is the live producer's: no verdict.
+  EXPECT_TRUE(sub.is_valid(f[2]));
+  word(f[0]).store((f[0].seq + 4) | protocol::kForcedReady);  // raised for a later frame of its slot
+  word(f[1]).store(f[1].seq | protocol::kForcedReady);        // raised for this very frame
+  EXPECT_TRUE(sub.is_valid(f[0])) << "older than the frame its word was raised for: written";
+  EXPECT_FALSE(sub.is_valid(f[1])) << "its word raised by a survivor: its data may never have been written";
+  EXPECT_FALSE(sub.is_valid(f[2])) << "below its seq, and a survivor has raised words of the page";
+  EXPECT_TRUE(sub.is_valid(f[3])) << "its word is the producer's own";
+  for (int i = 1; i < 3; ++i) sub.release(f[i]);  // their releases run (at once, on the host)
   node.reset();
   ASSERT_TRUE(test::wait_until([&] { return sub.state() == Subscriber::State::producer_gone; }, 5s));
   EXPECT_FALSE(sub.next(10ms));
-  EXPECT_EQ(sub.counters().invalidated, 1u) << "the raised frame, released or not";
-  EXPECT_TRUE(sub.is_valid(f1)) << "its word is the producer's own";
-  sub.release(f1);
+  EXPECT_EQ(sub.counters().invalidated, 2u) << "the two raised frames, released or not, and no other";
+  EXPECT_TRUE(sub.is_valid(f[0]));
+  EXPECT_TRUE(sub.is_valid(f[3]));
+  sub.release(f[0]);
+  sub.release(f[3]);
 }
 
 TEST_F(StreamHost, GracefulProducerStopIsSeenAsProducerGone) {
