@@ -62,16 +62,7 @@ Node::Node(NodeOptions opts)
       std::lock_guard<std::mutex> lock(mu_);
       const auto now = platform::monotonic_ns();
       for (auto& p : publishers_) {
-        if (auto s = p->stalled(now)) {
-          std::fprintf(stderr,
-                       "directport: node %s stream %s: consumer '%s' (connection %llu) has not run its release of "
-                       "frame %llu for %.0f ms, and our GPU stream waits for it (release_timeout %lld ms): "
-                       "cutting it off\n",
-                       opts_.name.c_str(), p->spec().name.c_str(), s->client.c_str(),
-                       static_cast<unsigned long long>(s->wait.connection), static_cast<unsigned long long>(s->wait.value),
-                       s->waited_ms, static_cast<long long>(p->spec().release_timeout.count()));
-          stalled.emplace_back(p.get(), *s);
-        }
+        if (auto s = p->stalled(now)) stalled.emplace_back(p.get(), *s);
       }
     }
     if (stalled.empty()) return;
@@ -85,7 +76,14 @@ Node::Node(NodeOptions opts)
     for (auto it = stalled.begin(); it != stalled.end(); ++it) {
       if (it != worst) it->first->rearm_stalled();
     }
-    cut_off(worst->second.wait.connection, worst->first, &worst->second.wait);
+    const auto& [p, s] = *worst;
+    std::fprintf(stderr,
+                 "directport: node %s stream %s: consumer '%s' (connection %llu) has not run its release of frame %llu "
+                 "for %.0f ms, and our GPU stream waits for it (release_timeout %lld ms): cutting it off\n",
+                 opts_.name.c_str(), p->spec().name.c_str(), s.client.c_str(),
+                 static_cast<unsigned long long>(s.wait.connection), static_cast<unsigned long long>(s.wait.value),
+                 s.waited_ms, static_cast<long long>(p->spec().release_timeout.count()));
+    cut_off(s.wait.connection, p, &s.wait);
   });
   rewrite_manifest();
   broker_->start();

@@ -374,7 +374,7 @@ struct Subscriber::Connection {
   std::unique_ptr<ConsumerTransport> transport;
   std::uint64_t dropped_base = 0;
   std::size_t held = 0;
-  std::vector<std::uint64_t> invalid_seqs;  // frames invalidated by the producer's death
+  std::vector<std::uint64_t> invalid_seqs;  // frames invalidated at the producer's death or cut
   ReleaseRecord& record(std::uint32_t slot) { return static_cast<ReleaseRecord*>(page.data())[slot]; }
   protocol::ConsumerState& state() { return fence::consumer_state(page.data()); }
 
@@ -438,6 +438,12 @@ struct Subscriber::Connection {
       if (transport->ready_value(j) & protocol::kForcedReady) return true;
     }
     return false;
+  }
+  // Whether frame `seq` of slot k is whole: not counted invalid when the connection was retired
+  // (a death or a cut), read before any cut, and its word not raised.
+  bool whole(std::uint32_t k, std::uint64_t seq) {
+    return std::find(invalid_seqs.begin(), invalid_seqs.end(), seq) == invalid_seqs.end() && read_before_cut(k, seq) &&
+           !raised(k, seq);
   }
   void force(std::uint32_t k, std::uint64_t seq) noexcept {
     forced_seq[k].store(seq);
@@ -784,12 +790,9 @@ void Subscriber::release(const Frame& f, GpuStream stream) {
 bool Subscriber::is_valid(const Frame& f) const {
   // The watchdog thread may have raised this frame's word before this thread noticed the death.
   // The producer may have cut us off before this thread noticed: the page says so at once.
-  if (conn_ && f.generation == conn_->generation) return !conn_->raised(f.slot, f.seq) && conn_->read_before_cut(f.slot, f.seq);
+  if (conn_ && f.generation == conn_->generation) return conn_->whole(f.slot, f.seq);
   for (auto& r : retired_) {
-    if (r->generation == f.generation) {
-      return std::find(r->invalid_seqs.begin(), r->invalid_seqs.end(), f.seq) == r->invalid_seqs.end() &&
-             r->read_before_cut(f.slot, f.seq) && !r->raised(f.slot, f.seq);
-    }
+    if (r->generation == f.generation) return r->whole(f.slot, f.seq);
   }
   return false;
 }
