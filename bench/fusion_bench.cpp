@@ -16,7 +16,8 @@
 // Bandwidth of the fusion = (bytes of every input + bytes of the fused tensor) / median time of
 // one fused frame: the least traffic the job needs. Copy bandwidth = 2 x bytes / median time of
 // a device-to-device cudaMemcpyAsync of a 256 MiB buffer. Times are CUDA-event medians. For
-// scale, each workload also times one copy that moves as many bytes as the fusion.
+// scale, each workload also times one copy that moves as many bytes as the fusion, and the frame's
+// traffic alone: one launch that reads the inputs and writes the output, nothing else.
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
@@ -35,6 +36,7 @@
 #include "directport/kernels/fusion.hpp"
 #include "directport/kernels/fusion_plan.hpp"
 #include "directport/kernels/half.hpp"
+#include "directport/kernels/traffic.hpp"
 #include "directport/platform/child.hpp"
 
 namespace {
@@ -244,6 +246,15 @@ int main(int argc, char** argv) {
       const double same_ms = median_ms(iters, s, [&] {
         DP_CUDA_CHECK(cudaMemcpyAsync(cb.p, ca.p, std::min(copy_bytes, bytes / 2), cudaMemcpyDeviceToDevice, s));
       });
+      // The floor: one launch that reads every input and writes the output once in 16-byte
+      // accesses, nothing else (kernels/traffic.hpp), timed the same way.
+      std::vector<dp::kernels::TrafficInput> traffic;
+      for (std::size_t i = 0; i < L.teachers(); ++i) traffic.push_back({ptrs[i], L.input_bytes(i)});
+      const double floor_ms = median_ms(iters, s, [&] {
+        dp::kernels::traffic_floor_gpu(traffic, out.p, L.total_bytes(), reinterpret_cast<dp::GpuStream>(s));
+      });
+      // And the driver's memset of the output alone (writes only), to check the floor's kernel.
+      const double memset_ms = median_ms(iters, s, [&] { DP_CUDA_CHECK(cudaMemsetAsync(out.p, 0, L.total_bytes(), s)); });
       json peer = no_torch ? json{{"error", "skipped (--no-torch)"}} : torch_peer(python, L, iters, !no_compile);
       auto fig = [&](const char* key) -> std::optional<double> {
         if (peer.contains(key) && peer[key].is_number()) return peer[key].get<double>();
@@ -262,6 +273,9 @@ int main(int argc, char** argv) {
                   cell(compiled, 12).c_str(), cell(ratio(compiled), 7).c_str());
       std::printf("  a copy moving the same %.1f MB: %.4f ms (%.0f GB/s)\n", double(bytes) / 1e6, same_ms,
                   double(bytes) / (same_ms * 1e-3) / 1e9);
+      std::printf("  the frame's traffic alone (inputs read, output written, one launch): %.4f ms (%.0f GB/s, %.0f%% of copy)\n",
+                  floor_ms, double(bytes) / (floor_ms * 1e-3) / 1e9, 100.0 * double(bytes) / (floor_ms * 1e-3) / 1e9 / copy_gbs);
+      std::printf("  cudaMemsetAsync of the output alone (%.1f MB written): %.4f ms\n", double(L.total_bytes()) / 1e6, memset_ms);
       if (peer.contains("error")) std::printf("  PyTorch peer: %s\n", peer["error"].get<std::string>().c_str());
       if (peer.contains("compile_error")) std::printf("  torch.compile: %s\n", peer["compile_error"].get<std::string>().c_str());
       results["workloads"].push_back({{"name", w.name},
@@ -271,6 +285,8 @@ int main(int argc, char** argv) {
                                       {"fusion_gbs", gbs},
                                       {"of_copy", gbs / copy_gbs},
                                       {"copy_same_bytes_ms", same_ms},
+                                      {"traffic_floor_ms", floor_ms},
+                                      {"memset_output_ms", memset_ms},
                                       {"torch", peer},
                                       {"speedup_eager", eager ? json(*eager / ms) : json()},
                                       {"speedup_compile", compiled ? json(*compiled / ms) : json()}});

@@ -4,6 +4,7 @@
 #include "directport/kernels/frame_check.hpp"
 #include "directport/kernels/fusion.hpp"
 #include "directport/kernels/timing.hpp"
+#include "directport/kernels/traffic.hpp"
 
 namespace dp::kernels {
 namespace {
@@ -17,6 +18,7 @@ void verify_frame_gpu(const void*, std::size_t, std::uint64_t, std::uint64_t*, s
 void stamp_time_gpu(std::uint64_t*, std::uint64_t, GpuStream) { no_cuda(); }
 void measure_since_gpu(const std::uint64_t*, std::uint64_t*, GpuStream) { no_cuda(); }
 void hold_stream(std::uint64_t, GpuStream) { no_cuda(); }
+void traffic_floor_gpu(const std::vector<TrafficInput>&, void*, std::size_t, GpuStream) { no_cuda(); }
 
 struct FusionGpu::Device {};
 FusionGpu::FusionGpu(FusionLayout layout) : layout_(std::move(layout)) { no_cuda(); }
