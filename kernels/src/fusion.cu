@@ -1,27 +1,30 @@
-// The CUDA fusion kernel (fusion.hpp, docs/FUSION.md "kernel 6"). One launch writes the whole
-// fused tensor and, in its last block, folds the frame's moments into the running statistics.
+// The CUDA fusion kernel (fusion.hpp, docs/FUSION.md "kernel 7"). One launch writes the whole
+// fused tensor and folds the frame's moments into the running statistics.
 //
-// The work is a list of units, built once per layout; the launch has as many blocks as the card
-// holds at once, and each takes units from a counter (the largest first; the next one while it
-// works on the current one) until none is left:
+// The work is a list of units, built once per layout; the launch has a block a unit, which the
+// GPU starts as others end, in the plan's order (vectors and kStats units first, then the largest)
+// (DIRECTPORT_FUSION_GRID=0: as many blocks as the card holds at once, each taking units from a
+// counter, kernel 6's way):
 //   - copy: a range of the channel planes (one, or up to kMaxGroup: DIRECTPORT_FUSION_GROUP) of
 //     a spatial teacher that has the grid's size (no resampling: each value is read once,
 //     standardised, cast and stored, eight or two at a time where the alignment allows);
 //   - band: a band of output rows (and at most kMaxCols columns) of the channels of a resampled
 //     teacher. The block first interpolates horizontally every input row the band needs into
-//     shared memory (H[r][x], exactly bilinear()'s `top`/`bottom`), then every output value is
-//     the vertical interpolation of two of those rows: for a map upsampled 14x, one horizontal
-//     interpolation serves 14 output rows, and an output costs three multiplies and adds (a
-//     thread takes 8 adjacent outputs where the layout allows). Values are bit for bit those
-//     of bilinear();
-//   - vector: a range of a global vector teacher (each element its own channel).
+//     shared memory (H[r][x], exactly bilinear()'s `top`/`bottom`; a 2x downsampling of a 16-bit
+//     map loads 8 inputs for 4 columns at once), then every output value is the vertical
+//     interpolation of two of those rows: for a map upsampled 14x, one horizontal interpolation
+//     serves 14 output rows, and an output costs three multiplies and adds (a thread takes 8
+//     adjacent outputs where the layout allows). Values are bit for bit those of bilinear();
+//   - vector: a range of a global vector teacher (each element its own channel);
+//   - kStats (DIRECTPORT_FUSION_INSTATS=1): the moments of an upsampled map's channels from its
+//     input, in closed form (axis_weights() in fusion_plan.hpp); its output units then sum nothing.
 // The units and the bilinear taps of every output row and column of a teacher are planned once,
 // on the host, with the CPU reference's code (fusion_plan.hpp); the kernel reads them from
 // tables. Statistics: each thread sums its values in float64 (8 at a time first in float32:
-// Sums::add8), the block sums the threads, one
-// atomic per unit and channel into the accumulators; the last block to finish (a counter) turns
-// the accumulators into the statistics and the (mean, scale) pairs the next frame uses, so that
-// a frame is one launch.
+// Sums::add8), the block sums the threads, one atomic per unit and channel into the
+// accumulators; the unit that completes a channel (an isotropic teacher: all of its channels)
+// turns its accumulators into the statistics and the (mean, scale) the next frame uses, so that
+// a frame is one launch and the folds are spread over it.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -52,6 +55,7 @@ struct LaunchArgs {
   std::uint32_t paired;      // bit i: this frame's pointers are aligned for teacher i's pairs
   std::uint32_t vectored;    // bit i: ... for its vectors of kVec elements
   std::uint32_t in_pairs;    // bit i: teacher i's input is aligned to two elements
+  std::uint32_t in16;        // bit i: teacher i's input is aligned to 16 bytes (and quads are on)
   int write;                 // 0: statistics only (a teacher's first frame)
   void* out;
   int out_dtype;
@@ -62,11 +66,15 @@ struct LaunchArgs {
   const TeacherDesc* desc;
   const Unit* units;
   const Tap32* taps;
+  const double* weights;  // FusionPlan::weights
   double *m1, *m2, *acc1, *acc2;
   float *mean, *scale;
+  unsigned* chan_done;     // per channel: its units finished this launch (the last folds it, resets it)
+  unsigned* teacher_done;  // per teacher: ... (an isotropic teacher's last unit folds all its channels)
   unsigned unit_count;
-  unsigned* next;  // the next unit to take (blocks take units in turn until none is left)
-  unsigned* done;  // blocks finished; the last one folds the statistics and resets both counters
+  int grid;        // 1: a block a unit (blockIdx.x); 0: blocks take units from `next`
+  unsigned* next;  // grid 0: the next unit to take (blocks take units in turn until none is left)
+  unsigned* done;  // grid 0: blocks finished; the last one resets both counters
   double momentum, eps;
 };
 
@@ -264,9 +272,18 @@ struct Sums {
   }
 };
 
+// What warp 0 found a unit completes (unit_done()), folded once the unit is over (run_folds()):
+// lane l's channel, or ~0u, and an isotropic teacher, or -1.
+struct Folds {
+  unsigned chan[32];
+  int teacher[32];
+  int iso;
+};
+
 // Per-warp sums of a unit's channels, then the block's: one atomic per channel and moment.
 struct Partials {
   double v[kWarps][kMaxGroup][2];
+  Folds folds;
 };
 __device__ __forceinline__ void warp_partial(const Sums& s, int g, Partials& p) {
   const double2 r = s.raw();
@@ -276,16 +293,134 @@ __device__ __forceinline__ void warp_partial(const Sums& s, int g, Partials& p) 
     p.v[threadIdx.x >> 5][g][1] = s2;
   }
 }
-// Every thread of the block, after warp_partial() for channels [0, nc). (Every thread fences
-// once, before its block counts itself done, so that the launch's last block sees the sums.)
-__device__ __forceinline__ void commit(const LaunchArgs& a, const Partials& p, int nc, unsigned ch0) {
+// ------------------------------------------------------------------ the statistics
+//
+// A channel's sums are complete once every unit that covers it has added its own: each unit
+// counts itself done on the channel (chan_done) and the unit that completes it folds it into
+// the running statistics and the (mean, scale) the next frame uses; an isotropic teacher's
+// channels share one scale, so its units count on the teacher (teacher_done) and its last unit
+// folds all of them. The folds are spread over the launch (a channel ends whenever its last unit
+// does) rather than left to its end. No unit of a channel reads its (mean, scale) after the
+// channel is folded: each reads them before it counts itself done.
+
+constexpr int kFold = 4;  // channels a lane of an isotropic fold loads at once
+
+// Channel k of teacher i from its sums: the running moments and, unless the teacher is
+// isotropic, its (mean, scale); returns the variance. Products and rsqrt() rather than divisions
+// and 1 / sqrt() (within an ulp of the reference's float64, far below what the float32 (mean,
+// scale) keep).
+__device__ __forceinline__ double fold_moments(const LaunchArgs& a, const TeacherDesc& t, int i, unsigned k, double s1,
+                                               double s2) {
+  constexpr int iso = static_cast<int>(NormMode::isotropic), none = static_cast<int>(NormMode::none);
+  const bool first = (a.first >> i) & 1u;
+  const double inv_n = t.mode == kVector ? 1.0 : 1.0 / static_cast<double>(a.plane);
+  const double e1 = s1 * inv_n, e2 = s2 * inv_n;
+  const double m1 = first ? e1 : ema(a.m1[k], e1, a.momentum);
+  const double m2 = first ? e2 : ema(a.m2[k], e2, a.momentum);
+  const double var = fmax(d_sub(m2, d_mul(m1, m1)), 0.0);
+  a.m1[k] = m1;
+  a.m2[k] = m2;
+  if (t.norm == none) {
+    a.mean[k] = 0.0f;
+    a.scale[k] = 1.0f;
+  } else {
+    a.mean[k] = static_cast<float>(m1);
+    if (t.norm != iso) a.scale[k] = static_cast<float>(rsqrt(d_add(var, a.eps)));
+  }
+  return var;
+}
+
+// Channel k's accumulators (complete, visible after the caller's fence) folded and cleared.
+__device__ __forceinline__ void fold_channel(const LaunchArgs& a, const TeacherDesc& t, int i, unsigned k) {
+  const double s1 = __ldcg(a.acc1 + k), s2 = __ldcg(a.acc2 + k);
+  a.acc1[k] = 0.0;
+  a.acc2[k] = 0.0;
+  fold_moments(a, t, i, k, s1, s2);
+}
+
+// An isotropic teacher's channels, by one warp (all 32 lanes): each channel folded, then the
+// mean of their variances gives the teacher's one scale.
+__device__ void fold_isotropic(const LaunchArgs& a, const TeacherDesc& t, int i) {
+  const unsigned lane = threadIdx.x & 31, C = static_cast<unsigned>(t.channels);
+  double local = 0.0;
+  for (unsigned k0 = 0; k0 < C; k0 += 32 * kFold) {
+    double s1[kFold], s2[kFold];
+#pragma unroll
+    for (int j = 0; j < kFold; ++j) {  // loads before stores: one round trip for kFold channels
+      const unsigned c = k0 + j * 32 + lane;
+      if (c < C) {
+        s1[j] = __ldcg(a.acc1 + t.chan_base + c);
+        s2[j] = __ldcg(a.acc2 + t.chan_base + c);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kFold; ++j) {
+      const unsigned c = k0 + j * 32 + lane;
+      if (c >= C) continue;
+      a.acc1[t.chan_base + c] = 0.0;
+      a.acc2[t.chan_base + c] = 0.0;
+      local += fold_moments(a, t, i, t.chan_base + c, s1[j], s2[j]);
+    }
+  }
+  local = __shfl_sync(0xffffffffu, warp_sum(local), 0);
+  const float scale = static_cast<float>(rsqrt(d_add(local / static_cast<double>(C), a.eps)));
+  for (unsigned c = lane; c < C; c += 32) a.scale[t.chan_base + c] = scale;
+}
+
+// Warp 0 (all its lanes), once the unit's sums of channels [ch0, ch0 + nc) of teacher i are in
+// the accumulators and fenced: the unit counts itself done, and notes what it completes in f.
+__device__ __forceinline__ void unit_done(const LaunchArgs& a, const TeacherDesc& t, int i, int nc, unsigned ch0, Folds& f) {
+  const unsigned lane = threadIdx.x & 31;
+  if (t.norm == static_cast<int>(NormMode::isotropic)) {
+    if (lane == 0 && atomicAdd(a.teacher_done + i, 1u) == t.units - 1) f.iso = i;
+  } else if (lane < static_cast<unsigned>(nc) && atomicAdd(a.chan_done + ch0 + lane, 1u) == t.chan_units - 1) {
+    f.chan[lane] = ch0 + lane;
+    f.teacher[lane] = i;
+  }
+}
+
+// Warp 0 (all its lanes), after a unit: the folds unit_done() noted, and the notes cleared.
+// Called at the kernel's top level, where the unit's registers are free.
+__device__ void run_folds(const LaunchArgs& a, const TeacherDesc* descs, Folds& f) {
+  const unsigned lane = threadIdx.x & 31;
+  __syncwarp();
+  const unsigned k = f.chan[lane];
+  const int iso = f.iso;
+  __threadfence();  // after the counters: the other units' sums are visible
+  if (k != ~0u) {
+    const int i = f.teacher[lane];
+    f.chan[lane] = ~0u;
+    fold_channel(a, descs[i], i, k);
+    a.chan_done[k] = 0;
+  }
+  __syncwarp();
+  if (iso >= 0) {
+    fold_isotropic(a, descs[iso], iso);
+    if (lane == 0) {
+      a.teacher_done[iso] = 0;
+      f.iso = -1;
+    }
+  }
+  __syncwarp();
+}
+
+// Every thread of the block, after warp_partial() for channels [0, nc) of teacher i (where `sums`):
+// warp 0 adds the block's sums to the accumulators (one atomic per channel and moment), fences
+// them, and counts the unit done. A unit without sums (the output of an in_stats teacher) only
+// counts itself, once every thread has read its channels' (mean, scale) (the barrier).
+__device__ __forceinline__ void commit(const LaunchArgs& a, const TeacherDesc& t, int i, Partials& p, int nc, unsigned ch0,
+                                       bool sums) {
   __syncthreads();
-  if (threadIdx.x < 2 * nc) {
+  if (threadIdx.x >= 32) return;
+  if (sums && threadIdx.x < 2 * nc) {
     const int g = threadIdx.x >> 1, k = threadIdx.x & 1;
     double sum = 0.0;
     for (int w = 0; w < kWarps; ++w) sum += p.v[w][g][k];
     atomicAdd((k ? a.acc2 : a.acc1) + ch0 + g, sum);
+    __threadfence();
   }
+  __syncwarp();
+  unit_done(a, t, i, nc, ch0, p.folds);
 }
 
 // ------------------------------------------------------------------ the units
@@ -327,7 +462,7 @@ __device__ __forceinline__ void copy_channel(const LaunchArgs& a, const Unit& u,
                                              bool pairs) {
   const TI* src = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(c) * a.plane + u.y0;
   if (vec) {  // u.y0 and u.rows multiples of kVec, the pointers aligned to 16 bytes (checked on the host)
-#pragma unroll 2
+#pragma unroll 4
     for (std::uint32_t i = kVec * threadIdx.x; i < u.rows; i += kVec * kThreads) {
       float v[kVec];
       ld8(src + i, v);
@@ -366,6 +501,37 @@ __device__ __forceinline__ void band_rows(const LaunchArgs& a, const TeacherDesc
     refs[y] = {(ty.i0 - u.rbase) * cols, (ty.i1 - u.rbase) * cols, ty.l0, ty.l1};
   }
   const std::uint64_t in_plane = std::uint64_t(t.h) * t.w;
+  if constexpr (sizeof(TI) == 2) {
+    // Four adjacent columns from one 16-byte load of their 8 inputs (tap_quads, the input aligned
+    // to 16 bytes this frame): a thread takes 4 columns and walks the band's input rows, so that
+    // several loads are in flight. Uniform over the block.
+    if (t.tap_quads && ((a.in16 >> u.teacher) & 1u)) {
+      const std::uint32_t groups = cols / 4;
+      const std::uint32_t lanes_q = umin(groups, kThreads), lanes_r = kThreads / lanes_q;
+      const std::uint32_t tq = threadIdx.x % lanes_q, tr = threadIdx.x / lanes_q;
+      if (tr >= lanes_r) return;
+      for (std::uint32_t q = tq; q < groups; q += lanes_q) {
+        const std::uint32_t x = 4 * q;
+        const std::uint32_t i0 = ct[x].i0;
+        const float a0 = ct[x].l0, b0 = ct[x].l1, a1 = ct[x + 1].l0, b1 = ct[x + 1].l1;
+        const float a2 = ct[x + 2].l0, b2 = ct[x + 2].l1, a3 = ct[x + 3].l0, b3 = ct[x + 3].l1;
+        const std::uint32_t hx = split ? ((x & 4) ? cols / 2 : 0) + ((x >> 3) << 2) : x;
+        for (std::uint32_t g = 0; g < u.nc; ++g) {
+          const TI* row = static_cast<const TI*>(a.in[u.teacher]) + (u.c + g) * in_plane + std::uint64_t(u.rbase) * t.w + i0;
+          float* h = H + g * u.nrows * cols + hx;
+#pragma unroll 2
+          for (std::uint32_t r = tr; r < u.nrows; r += lanes_r) {
+            float v[kVec];
+            ld8(row + r * t.w, v);
+            *reinterpret_cast<float4*>(h + r * cols) =
+                make_float4(f_add(f_mul(a0, v[0]), f_mul(b0, v[1])), f_add(f_mul(a1, v[2]), f_mul(b1, v[3])),
+                            f_add(f_mul(a2, v[4]), f_mul(b2, v[5])), f_add(f_mul(a3, v[6]), f_mul(b3, v[7])));
+          }
+        }
+      }
+      return;
+    }
+  }
   // Every column's taps adjacent, the first even (the plan), the input aligned to two (this
   // frame): one aligned load of two elements takes both. Uniform over the block.
   const bool two = t.tap_pairs && ((a.in_pairs >> u.teacher) & 1u);
@@ -440,15 +606,21 @@ __device__ __forceinline__ void band_channel(const LaunchArgs& a, const TeacherD
   }
 }
 
+__device__ __forceinline__ void ld_hrow(const float* h, std::uint32_t half, float (&v)[kVec]) {
+  const float4 p = *reinterpret_cast<const float4*>(h), q = *reinterpret_cast<const float4*>(h + half);
+  v[0] = p.x, v[1] = p.y, v[2] = p.z, v[3] = p.w, v[4] = q.x, v[5] = q.y, v[6] = q.z, v[7] = q.w;
+}
+
 // band, step 2 with vectors: as band_channel(), a thread taking kVec adjacent columns of a row
 // (the band's columns, the grid's width and the teacher's offset are multiples of kVec, the
 // output aligned to 16 bytes: checked on the host), loading them from H four at a time (H's
-// rows split in halves by band_rows()).
+// rows split in halves by band_rows()). The threads of a row cover it side by side, the block's
+// rows_at_once rows at a time, two rows a thread in flight.
 template <typename TI, typename TO>
 __device__ __forceinline__ void band_channel_vec(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, std::uint32_t c,
-                                                 Emit<TO>& e, const float* H, const RowRef* refs) {
+                                                      Emit<TO>& e, const float* H, const RowRef* refs) {
   const std::uint32_t cols = u.cols;
-  const std::uint32_t per_row = cols / kVec;  // at most kMaxCols / kVec = kThreads
+  const std::uint32_t per_row = cols / kVec;
   const std::uint32_t rows_at_once = kThreads / per_row;
   const std::uint32_t lane_x = threadIdx.x % per_row, lane_y = threadIdx.x / per_row;
   if (lane_y >= rows_at_once) return;
@@ -457,12 +629,9 @@ __device__ __forceinline__ void band_channel_vec(const LaunchArgs& a, const Teac
 #pragma unroll 2
   for (std::uint32_t y = lane_y; y < u.rows; y += rows_at_once) {
     const RowRef ty = refs[y];
-    const float* ha = H + ty.a + x / 2;
-    const float* hb = H + ty.b + x / 2;
-    const float4 A0 = *reinterpret_cast<const float4*>(ha), A1 = *reinterpret_cast<const float4*>(ha + cols / 2);
-    const float4 B0 = *reinterpret_cast<const float4*>(hb), B1 = *reinterpret_cast<const float4*>(hb + cols / 2);
-    const float A[8] = {A0.x, A0.y, A0.z, A0.w, A1.x, A1.y, A1.z, A1.w};
-    const float B[8] = {B0.x, B0.y, B0.z, B0.w, B1.x, B1.y, B1.z, B1.w};
+    float A[kVec], B[kVec];
+    ld_hrow(H + ty.a + x / 2, cols / 2, A);
+    ld_hrow(H + ty.b + x / 2, cols / 2, B);
     float v[kVec];
 #pragma unroll
     for (int k = 0; k < kVec; ++k) v[k] = f_add(f_mul(ty.l0, A[k]), f_mul(ty.l1, B[k]));
@@ -483,6 +652,13 @@ __device__ __forceinline__ void band_channel_vec(const LaunchArgs& a, const Teac
 template <typename TI, typename TO>
 __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, bool acc,
                                              float* H, RowRef* refs, Partials& partials) {
+  // An in_stats teacher's sums come from its kStats units: its output units only count themselves
+  // done (and, in a pass that writes nothing, do nothing else).
+  const bool sums = acc && !t.in_stats;
+  if (acc && !sums && !a.write) {
+    commit(a, t, static_cast<int>(u.teacher), partials, static_cast<int>(u.nc), t.chan_base + u.c, false);
+    return;
+  }
   const bool pairs = t.pairs && ((a.paired >> u.teacher) & 1u);
   const bool vec = t.vec && ((a.vectored >> u.teacher) & 1u);
   // The first channel's (mean, scale), loaded before the band's rows so that their round trip
@@ -497,7 +673,7 @@ __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherD
     const unsigned ch = t.chan_base + c;
     Emit<TO> e;
     e.write = a.write != 0;
-    e.acc = acc;
+    e.acc = sums;
     if (g > 0) {
       mean = a.mean[ch];
       scale = a.scale[ch];
@@ -507,7 +683,7 @@ __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherD
     if (t.mode == kCopy) {
       e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(c) * a.plane + u.y0;
       copy_channel<TI, TO>(a, u, c, e, vec, pairs);
-    } else {
+    } else if (e.write || e.acc) {
       e.dst = static_cast<TO*>(a.out) + t.out_offset + std::uint64_t(c) * a.plane + std::uint64_t(u.y0) * a.grid_w + u.x0;
       if (vec) {
         band_channel_vec<TI, TO>(a, t, u, c, e, H + g * u.nrows * u.cols, refs);
@@ -515,9 +691,9 @@ __device__ __forceinline__ void spatial_unit(const LaunchArgs& a, const TeacherD
         band_channel<TI, TO>(a, t, u, c, e, pairs, H + g * u.nrows * u.cols, refs);
       }
     }
-    if (acc) warp_partial(e.sums, static_cast<int>(g), partials);  // uniform over the block
+    if (sums) warp_partial(e.sums, static_cast<int>(g), partials);  // uniform over the block
   }
-  if (acc) commit(a, partials, static_cast<int>(u.nc), t.chan_base + u.c);
+  if (acc) commit(a, t, static_cast<int>(u.teacher), partials, static_cast<int>(u.nc), t.chan_base + u.c, sums);
 }
 
 template <typename TI>
@@ -548,104 +724,36 @@ __device__ __forceinline__ void zero_unit(const LaunchArgs& a, const TeacherDesc
   }
 }
 
-// ------------------------------------------------------------------ the statistics
-
-// Every accumulating teacher's accumulators into its running statistics and (mean, scale), by
-// one block (the launch's last) over all their channels at once. The other blocks have finished,
-// so this is the launch's tail: every step loads what it needs for several channels before it
-// stores anything, so that a step costs about one round trip to L2 rather than one a channel.
-//   1. each thread takes kFold channels at a time: the running moments, and (mean, scale) where
-//      the norm is per channel or none; an isotropic teacher's channel leaves its variance in
-//      acc1 for step 2;
-//   2. a warp an isotropic teacher sums those variances (a fixed order) into its one scale;
-//   3. that scale is stored for each of the teacher's channels, and acc1 cleared.
-struct FinalScratch {
-  unsigned end[FusionLayout::kMaxTeachers];  // a teacher's channels end here in the statistics arrays
-  int norm[FusionLayout::kMaxTeachers];
-  double inv_n[FusionLayout::kMaxTeachers];  // 1 / the values a channel sums per frame
-  float iso_scale[FusionLayout::kMaxTeachers];
-};
-
-__device__ __forceinline__ int teacher_of(const FinalScratch& f, int teachers, unsigned k) {
-  int i = 0;
-  while (i < teachers - 1 && k >= f.end[i]) ++i;
-  return i;
-}
-
-constexpr int kFold = 4;  // channels a thread folds at once
-
-__device__ void finalize(const LaunchArgs& a, FinalScratch& f) {
-  constexpr int iso = static_cast<int>(NormMode::isotropic), none = static_cast<int>(NormMode::none);
-  if (threadIdx.x < a.teachers) {
-    const TeacherDesc t = a.desc[threadIdx.x];
-    f.end[threadIdx.x] = t.chan_base + t.channels;
-    f.norm[threadIdx.x] = t.norm;
-    f.inv_n[threadIdx.x] = t.mode == kVector ? 1.0 : 1.0 / static_cast<double>(a.plane);
-  }
-  __syncthreads();
-  const unsigned total = f.end[a.teachers - 1];
-  for (unsigned k0 = 0; k0 < total; k0 += kThreads * kFold) {
-    double s1[kFold], s2[kFold], o1[kFold], o2[kFold];
-    int who[kFold];
-#pragma unroll
-    for (int j = 0; j < kFold; ++j) {
-      const unsigned k = k0 + j * kThreads + threadIdx.x;
-      who[j] = k < total ? teacher_of(f, a.teachers, k) : -1;
-      if (who[j] >= 0 && !((a.accumulate >> who[j]) & 1u)) who[j] = -1;
-      if (who[j] >= 0) {
-        s1[j] = __ldcg(a.acc1 + k);
-        s2[j] = __ldcg(a.acc2 + k);
-        o1[j] = a.m1[k];
-        o2[j] = a.m2[k];
+// kStats: the sums of channels [u.c, u.c + u.nc) of an in_stats teacher over its input rows
+// [u.y0, u.y0 + u.rows), in float64, from the input and the weights of its axes: the sums of the
+// channel resampled (axis_weights() in fusion_plan.hpp gives the formula).
+template <typename TI>
+__device__ void stats_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit& u, Partials& partials) {
+  const std::uint32_t w = t.w, h = t.h, n = u.rows * w;
+  const double* wy = a.weights + 3 * std::uint64_t(t.row_weights);
+  const double* wx = a.weights + 3 * std::uint64_t(t.col_weights);
+  for (std::uint32_t g = 0; g < u.nc; ++g) {
+    const TI* X = static_cast<const TI*>(a.in[u.teacher]) + std::uint64_t(u.c + g) * h * w;
+    Sums s;
+    for (std::uint32_t e = threadIdx.x; e < n; e += kThreads) {
+      const std::uint32_t r = u.y0 + e / w, j = e % w;
+      const TI* p = X + std::uint64_t(r) * w + j;
+      const bool right = j + 1 < w, down = r + 1 < h;
+      const double x = ld(p), cy = __ldg(wy + 3 * r), cx = __ldg(wx + 3 * j), gx0 = __ldg(wx + 3 * j + 1);
+      s.s1 = fma(cy * cx, x, s.s1);
+      double row = gx0 * x * x, cross = 0.0;
+      if (right) {
+        const double xr = ld(p + 1), gx1 = __ldg(wx + 3 * j + 2);
+        row = fma(2.0 * gx1 * x, xr, row);
+        if (down) cross = gx1 * (x * ld(p + w + 1) + xr * ld(p + w));
       }
+      if (down) cross = fma(gx0 * x, static_cast<double>(ld(p + w)), cross);
+      s.s2 = fma(__ldg(wy + 3 * r + 1), row, s.s2);
+      if (down) s.s2 = fma(2.0 * __ldg(wy + 3 * r + 2), cross, s.s2);
     }
-#pragma unroll
-    for (int j = 0; j < kFold; ++j) {
-      if (who[j] < 0) continue;
-      const unsigned k = k0 + j * kThreads + threadIdx.x;
-      const int i = who[j];
-      const bool first = (a.first >> i) & 1u;
-      // Products and rsqrt() rather than divisions and 1 / sqrt(): the fold runs alone at the
-      // launch's end, and float64 division and square root are long chains (within an ulp of
-      // the reference's float64, far below what the float32 (mean, scale) keep).
-      const double e1 = s1[j] * f.inv_n[i], e2 = s2[j] * f.inv_n[i];
-      const double m1 = first ? e1 : ema(o1[j], e1, a.momentum);
-      const double m2 = first ? e2 : ema(o2[j], e2, a.momentum);
-      const double var = fmax(d_sub(m2, d_mul(m1, m1)), 0.0);
-      a.m1[k] = m1;
-      a.m2[k] = m2;
-      a.acc2[k] = 0.0;
-      a.acc1[k] = f.norm[i] == iso ? var : 0.0;  // step 2 sums it, step 3 clears it
-      if (f.norm[i] == none) {
-        a.mean[k] = 0.0f;
-        a.scale[k] = 1.0f;
-      } else {
-        a.mean[k] = static_cast<float>(m1);
-        if (f.norm[i] != iso) a.scale[k] = static_cast<float>(rsqrt(d_add(var, a.eps)));
-      }
-    }
+    warp_partial(s, static_cast<int>(g), partials);  // uniform over the block
   }
-  __syncthreads();  // the block's own global writes are visible to it after the barrier
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  for (int i = warp; i < a.teachers; i += kWarps) {
-    if (!((a.accumulate >> i) & 1u) || f.norm[i] != iso) continue;
-    const unsigned begin = i ? f.end[i - 1] : 0;
-    double local = 0.0;
-#pragma unroll 8
-    for (unsigned k = begin + lane; k < f.end[i]; k += 32) local += __ldcg(a.acc1 + k);
-    local = warp_sum(local);
-    if (lane == 0) {
-      const double channels = static_cast<double>(f.end[i] - begin);
-      f.iso_scale[i] = static_cast<float>(rsqrt(d_add(local / channels, a.eps)));
-    }
-  }
-  __syncthreads();
-  for (unsigned k = threadIdx.x; k < total; k += kThreads) {
-    const int i = teacher_of(f, a.teachers, k);
-    if (!((a.accumulate >> i) & 1u) || f.norm[i] != iso) continue;
-    a.scale[k] = f.iso_scale[i];
-    a.acc1[k] = 0.0;
-  }
+  commit(a, t, static_cast<int>(u.teacher), partials, static_cast<int>(u.nc), t.chan_base + u.c, true);
 }
 
 // One unit: its part of the fused tensor and its sums.
@@ -654,18 +762,38 @@ __device__ __forceinline__ void run_unit(const LaunchArgs& a, const TeacherDesc*
   const TeacherDesc t = descs[u.teacher];
   const bool present = (a.present >> u.teacher) & 1u;
   const bool acc = (a.accumulate >> u.teacher) & 1u;
-  if (!present) {  // uniform over the block, as everything below that branches on the unit
+  if (u.stats) {  // uniform over the block, as everything below that branches on the unit
+    if (!present || !acc) return;
+    if (t.dtype == kF16) {
+      stats_unit<__half>(a, t, u, partials);
+    } else if (t.dtype == kBF16) {
+      stats_unit<__nv_bfloat16>(a, t, u, partials);
+    } else {
+      stats_unit<float>(a, t, u, partials);
+    }
+  } else if (!present) {
     if (a.write) zero_unit(a, t, u);
   } else if (t.mode == kVector) {
+    // Each element its own channel, whose sums are this one value: a channel or none teacher's
+    // element is folded here; an isotropic teacher's wait in the accumulators for its last unit.
+    const bool iso = t.norm == static_cast<int>(NormMode::isotropic);
     for (std::uint32_t i = threadIdx.x; i < u.rows; i += kThreads) {
       const std::uint32_t e = u.y0 + i;
-      const unsigned ch = t.chan_base + e;  // each element its own channel
+      const unsigned ch = t.chan_base + e;
       const float v = load_any(a.in[u.teacher], t.dtype, e);
-      if (acc) {
+      const float mean = a.mean[ch], scale = a.scale[ch];  // this frame's, read before the fold
+      if (a.write) store_any(a.out, a.out_dtype, t.out_offset + e, standardise(v, mean, scale));
+      if (acc && iso) {
         a.acc1[ch] = v;  // one value per channel and frame: no other writer
         a.acc2[ch] = static_cast<double>(v) * v;
+      } else if (acc) {
+        fold_moments(a, t, static_cast<int>(u.teacher), ch, v, static_cast<double>(v) * v);
       }
-      if (a.write) store_any(a.out, a.out_dtype, t.out_offset + e, standardise(v, a.mean[ch], a.scale[ch]));
+    }
+    if (acc && iso) {  // uniform over the block
+      __threadfence();
+      __syncthreads();
+      if (threadIdx.x < 32) unit_done(a, t, static_cast<int>(u.teacher), 0, 0, partials.folds);
     }
   } else if (a.write || acc) {
     if (t.dtype == kF16) {
@@ -678,22 +806,32 @@ __device__ __forceinline__ void run_unit(const LaunchArgs& a, const TeacherDesc*
   }
 }
 
-// As many blocks as the card holds at once; each takes units in turn (the largest first, as the
-// host ordered them) until none is left, so that no block is the launch's long tail.
+// DIRECTPORT_FUSION_GRID=1 (the default): a block a unit, blockIdx.x, in the plan's order (the
+// GPU starts blocks as others end). 0: as many blocks as the card holds at once, each taking
+// units in turn (the largest first, as the host ordered them) until none is left.
 template <int kMinBlocks>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) fuse_kernel(LaunchArgs a) {
   extern __shared__ __align__(16) float H[];
   __shared__ RowRef refs[kMaxRows];
   __shared__ Partials partials;
-  __shared__ FinalScratch final_scratch;
   __shared__ TeacherDesc descs[FusionLayout::kMaxTeachers];
   __shared__ unsigned taken[2];
-  __shared__ bool last;
 
   if (a.write && blockIdx.x == 0 && threadIdx.x < a.teachers) {
     store_any(a.out, a.out_dtype, a.mask_offset + threadIdx.x, ((a.present >> threadIdx.x) & 1u) ? 1.0f : 0.0f);
   }
   if (threadIdx.x < a.teachers) descs[threadIdx.x] = a.desc[threadIdx.x];
+  if (threadIdx.x < 32) {
+    partials.folds.chan[threadIdx.x] = ~0u;
+    if (threadIdx.x == 0) partials.folds.iso = -1;
+  }
+  if (a.grid) {
+    const Unit u = a.units[blockIdx.x];  // in registers: the output's stores cannot alias it
+    __syncthreads();
+    run_unit(a, descs, u, H, refs, partials);
+    if (threadIdx.x < 32) run_folds(a, descs, partials.folds);
+    return;
+  }
   if (threadIdx.x == 0) taken[0] = atomicAdd(a.next, 1u);
   __syncthreads();
   // Thread 0 takes the next unit while the block works on this one: the atomic's round trip
@@ -703,22 +841,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) fuse_kernel(LaunchArgs a
     if (k >= a.unit_count) break;  // uniform: every thread read the same slot
     unsigned next = 0;
     if (threadIdx.x == 0) next = atomicAdd(a.next, 1u);
-    const Unit u = a.units[k];  // in registers: the output's stores cannot alias it
+    const Unit u = a.units[k];
     run_unit(a, descs, u, H, refs, partials);
+    if (threadIdx.x < 32) run_folds(a, descs, partials.folds);
     if (threadIdx.x == 0) taken[slot ^ 1] = next;  // every thread read it last before the previous barrier
     __syncthreads();  // the unit is done with the shared memory; the next slot is visible
   }
-  // The last block to get here resets the counters and folds every accumulator. Every thread
-  // fences its sums (atomics and the vectors' stores) before its block counts itself done, so
-  // that they are visible to that block.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(a.done, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  if (a.accumulate) finalize(a, final_scratch);
-  if (threadIdx.x == 0) {
+  // Every block has taken its last unit once all have got here: the last resets the counters
+  // for the next launch.
+  if (threadIdx.x == 0 && atomicAdd(a.done, 1u) == gridDim.x - 1) {
     *a.next = 0;
     *a.done = 0;
   }
@@ -730,11 +861,14 @@ struct FusionGpu::Device {
   TeacherDesc* desc = nullptr;
   Unit* units = nullptr;
   Tap32* taps = nullptr;
-  double* stats = nullptr;  // m1, m2, acc1, acc2: total_channels each
-  float* norm = nullptr;    // mean, scale
-  unsigned* counters = nullptr;  // next, done
+  double* weights = nullptr;  // FusionPlan::weights
+  double* stats = nullptr;    // m1, m2, acc1, acc2: total_channels each
+  float* norm = nullptr;      // mean, scale
+  unsigned* counters = nullptr;  // next, done, then chan_done (total_channels), teacher_done (teachers)
   unsigned unit_count = 0;
   unsigned blocks = 0;
+  bool grid = true;        // DIRECTPORT_FUSION_GRID
+  bool quads = true;       // DIRECTPORT_FUSION_QUADS
   std::size_t shared_bytes = 0;
   std::size_t channels = 0;
   void (*kernel)(LaunchArgs) = nullptr;  // fuse_kernel<4> or <5> (DIRECTPORT_FUSION_BLOCKS)
@@ -745,6 +879,7 @@ struct FusionGpu::Device {
     cudaFree(desc);
     cudaFree(units);
     cudaFree(taps);
+    cudaFree(weights);
     cudaFree(stats);
     cudaFree(norm);
     cudaFree(counters);
@@ -761,12 +896,14 @@ FusionGpu::FusionGpu(FusionLayout layout)
     : layout_(std::move(layout)), frames_(layout_.teachers(), 0), dev_(std::make_unique<Device>()) {
   const auto& L = layout_;
   auto& D = *dev_;
-  const FusionPlan P = plan_fusion(L, unit_elements_from_env(), unit_group_from_env(), even_split_from_env());
+  const FusionPlan P = plan_fusion(L, unit_elements_from_env(), unit_group_from_env(), even_split_from_env(), input_stats_from_env());
   const auto& units = P.units;
   const auto& desc = P.teachers;
   const auto& taps = P.taps;
   const std::size_t shared_bytes = P.shared_bytes;
   D.unit_count = static_cast<unsigned>(units.size());
+  D.grid = grid_launch_from_env();
+  D.quads = quad_loads_from_env();
   const int want_per_sm = blocks_per_sm_from_env();
   D.kernel = want_per_sm == 5 ? fuse_kernel<5> : fuse_kernel<4>;
   if (shared_bytes > 48 * 1024) {
@@ -791,7 +928,8 @@ FusionGpu::FusionGpu(FusionLayout layout)
     throw CudaError("the fusion kernel does not fit on an SM of this device (" + std::to_string(shared_bytes) +
                     " bytes of shared memory a block)");
   }
-  D.blocks = static_cast<unsigned>(std::min<std::int64_t>(std::int64_t(per_sm) * sms, std::int64_t(units.size())));
+  D.blocks = D.grid ? D.unit_count
+                    : static_cast<unsigned>(std::min<std::int64_t>(std::int64_t(per_sm) * sms, std::int64_t(units.size())));
   D.shared_bytes = shared_bytes;
   D.channels = L.total_channels();
   for (const auto& d : desc) {
@@ -804,12 +942,17 @@ FusionGpu::FusionGpu(FusionLayout layout)
   DP_CUDA_CHECK(cudaMalloc(&D.taps, std::max<std::size_t>(1, taps.size()) * sizeof(Tap32)));
   DP_CUDA_CHECK(cudaMalloc(&D.stats, 4 * D.channels * sizeof(double)));
   DP_CUDA_CHECK(cudaMalloc(&D.norm, 2 * D.channels * sizeof(float)));
-  DP_CUDA_CHECK(cudaMalloc(&D.counters, 2 * sizeof(unsigned)));
+  DP_CUDA_CHECK(cudaMalloc(&D.weights, std::max<std::size_t>(1, P.weights.size()) * sizeof(double)));
+  const std::size_t counters = 2 + D.channels + desc.size();
+  DP_CUDA_CHECK(cudaMalloc(&D.counters, counters * sizeof(unsigned)));
   DP_CUDA_CHECK(cudaMemcpy(D.desc, desc.data(), desc.size() * sizeof(TeacherDesc), cudaMemcpyHostToDevice));
   DP_CUDA_CHECK(cudaMemcpy(D.units, units.data(), units.size() * sizeof(Unit), cudaMemcpyHostToDevice));
   if (!taps.empty()) DP_CUDA_CHECK(cudaMemcpy(D.taps, taps.data(), taps.size() * sizeof(Tap32), cudaMemcpyHostToDevice));
   DP_CUDA_CHECK(cudaMemset(D.stats, 0, 4 * D.channels * sizeof(double)));
-  DP_CUDA_CHECK(cudaMemset(D.counters, 0, 2 * sizeof(unsigned)));
+  if (!P.weights.empty()) {
+    DP_CUDA_CHECK(cudaMemcpy(D.weights, P.weights.data(), P.weights.size() * sizeof(double), cudaMemcpyHostToDevice));
+  }
+  DP_CUDA_CHECK(cudaMemset(D.counters, 0, counters * sizeof(unsigned)));
   std::vector<float> norm(2 * D.channels, 0.0f);
   std::fill(norm.begin() + static_cast<std::ptrdiff_t>(D.channels), norm.end(), 1.0f);
   DP_CUDA_CHECK(cudaMemcpy(D.norm, norm.data(), norm.size() * sizeof(float), cudaMemcpyHostToDevice));
@@ -827,7 +970,7 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   auto& D = *dev_;
   auto s = reinterpret_cast<cudaStream_t>(stream);
   LaunchArgs a{};
-  std::uint32_t present = 0, first = 0, paired = 0, vectored = 0, in_pairs = 0;
+  std::uint32_t present = 0, first = 0, paired = 0, vectored = 0, in_pairs = 0, in16 = 0;
   const auto out_align = 2 * dtype_size(L.out_dtype());
   const bool out_ok = reinterpret_cast<std::uintptr_t>(out) % out_align == 0;
   const bool out16 = reinterpret_cast<std::uintptr_t>(out) % 16 == 0;
@@ -838,6 +981,7 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
     if (frames_[i] == 0) first |= 1u << i;
     const auto in_align = 2 * dtype_size(L.inputs()[i].dtype);
     if (reinterpret_cast<std::uintptr_t>(inputs[i]) % in_align == 0) in_pairs |= 1u << i;
+    if (D.quads && reinterpret_cast<std::uintptr_t>(inputs[i]) % 16 == 0) in16 |= 1u << i;
     if (D.pairs[i] && out_ok && reinterpret_cast<std::uintptr_t>(inputs[i]) % in_align == 0) paired |= 1u << i;
     // A band's input is read element by element: only a copy's must be aligned for vectors.
     if (D.vec[i] && out16 && (!D.copy[i] || reinterpret_cast<std::uintptr_t>(inputs[i]) % 16 == 0)) vectored |= 1u << i;
@@ -846,6 +990,7 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   a.paired = paired;
   a.vectored = vectored;
   a.in_pairs = in_pairs;
+  a.in16 = in16;
   a.out = out;
   a.out_dtype = dtype_code(L.out_dtype());
   a.teachers = static_cast<int>(L.teachers());
@@ -855,6 +1000,7 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   a.desc = D.desc;
   a.units = D.units;
   a.taps = D.taps;
+  a.weights = D.weights;
   a.m1 = D.m1();
   a.m2 = D.m2();
   a.acc1 = D.acc1();
@@ -862,8 +1008,11 @@ void FusionGpu::fuse(const std::vector<const void*>& inputs, void* out, GpuStrea
   a.mean = D.mean();
   a.scale = D.scale();
   a.unit_count = D.unit_count;
+  a.grid = D.grid;
   a.next = D.counters;
   a.done = D.counters + 1;
+  a.chan_done = D.counters + 2;
+  a.teacher_done = D.counters + 2 + D.channels;
   a.momentum = L.momentum();
   a.eps = L.eps();
   const dim3 grid(D.blocks);

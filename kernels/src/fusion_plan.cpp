@@ -89,8 +89,33 @@ std::int64_t unit_elements_from_env() { return env_int("DIRECTPORT_FUSION_UNIT",
 int unit_group_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_GROUP", kGroup, 1, kMaxGroup)); }
 int blocks_per_sm_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSION_BLOCKS", kBlocksPerSm, 4, 5)); }
 bool even_split_from_env() { return env_int("DIRECTPORT_FUSION_EVEN", 0, 0, 1) == 1; }
+bool grid_launch_from_env() { return env_int("DIRECTPORT_FUSION_GRID", 1, 0, 1) == 1; }
+bool quad_loads_from_env() { return env_int("DIRECTPORT_FUSION_QUADS", 1, 0, 1) == 1; }
+bool input_stats_from_env() { return env_int("DIRECTPORT_FUSION_INSTATS", 0, 0, 1) == 1; }
+
+std::vector<double> axis_weights(const Tap32* taps, std::int64_t out, std::int64_t in) {
+  std::vector<double> w(3 * std::size_t(in), 0.0);
+  for (std::int64_t d = 0; d < out; ++d) {
+    const Tap32& t = taps[d];
+    DP_EXPECTS(t.i0 < in && t.i1 < in && (t.i1 == t.i0 || t.i1 == t.i0 + 1),
+               "axis_weights() needs every output's taps inside the input, adjacent or equal");
+    const double l0 = t.l0, l1 = t.l1;
+    if (t.i0 == t.i1) {
+      w[3 * t.i0] += l0 + l1;
+      w[3 * t.i0 + 1] += (l0 + l1) * (l0 + l1);
+    } else {
+      w[3 * t.i0] += l0;
+      w[3 * t.i1] += l1;
+      w[3 * t.i0 + 1] += l0 * l0;
+      w[3 * t.i1 + 1] += l1 * l1;
+      w[3 * t.i0 + 2] += l0 * l1;
+    }
+  }
+  return w;
+}
 
 std::uint64_t unit_cost(const Unit& u) {
+  if (u.stats) return std::uint64_t(kStatsCost) * u.nc * u.rows * u.cols;  // input elements, each as kStatsCost outputs
   return std::uint64_t(u.nc) * (std::uint64_t(u.rows) * std::max(u.cols, 1u) + std::uint64_t(u.nrows) * u.cols);
 }
 
@@ -125,7 +150,7 @@ Balance estimate_balance(const FusionPlan& P, unsigned blocks, double fixed) {
   return {n, blocks, longest, total / blocks};
 }
 
-FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bool even) {
+FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bool even, bool input_stats) {
   DP_EXPECTS(target >= 1 && group >= 1 && group <= kMaxGroup, "plan_fusion() needs unit_elements >= 1 and group in 1..8");
   const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
   FusionPlan P;
@@ -146,8 +171,10 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
       d.mode = kVector;
       d.h = d.w = 1;
       for (std::int64_t e = 0; e < d.channels; e += target) {
-        units.push_back({ti, 0, 1, static_cast<std::uint32_t>(e), static_cast<std::uint32_t>(std::min(target, d.channels - e)), 0, 0, 0, 0});
+        units.push_back({ti, 0, 1, static_cast<std::uint32_t>(e), static_cast<std::uint32_t>(std::min(target, d.channels - e)), 0, 0, 0, 0, 0});
       }
+      d.chan_units = 1;
+      d.units = static_cast<std::uint32_t>((d.channels + target - 1) / target);
       desc.push_back(d);
       continue;
     }
@@ -162,10 +189,11 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
     d.vec = L.offset(i) % kVec == 0 && plane % kVec == 0 && (d.mode == kCopy || Wg % kVec == 0);
     int g = std::min(group, d.channels);  // channels a unit
     auto push = [&](std::int64_t c, std::int64_t y0, std::int64_t rows, std::int64_t x0, std::int64_t cols,
-                    std::int64_t rbase, std::int64_t nrows) {
+                    std::int64_t rbase, std::int64_t nrows, std::uint32_t stats) {
       units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(std::min<std::int64_t>(g, d.channels - c)),
                        static_cast<std::uint32_t>(y0), static_cast<std::uint32_t>(rows), static_cast<std::uint32_t>(x0),
-                       static_cast<std::uint32_t>(cols), static_cast<std::uint32_t>(rbase), static_cast<std::uint32_t>(nrows)});
+                       static_cast<std::uint32_t>(cols), static_cast<std::uint32_t>(rbase), static_cast<std::uint32_t>(nrows),
+                       stats});
     };
     // The last quarter of a plane (rows, or elements) is cut into units of a quarter of the size
     // (kTailDivisor): taken last, they keep the launch's end short while the rest of the work
@@ -181,8 +209,10 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
       const std::int64_t count = (d.channels + g - 1) / g * std::int64_t(pieces.size());
       if (std::int64_t(units.size()) + count > kMaxUnits) too_many(units.size() + std::size_t(count), target);
       for (std::int64_t c = 0; c < d.channels; c += g) {
-        for (const auto& [e, r] : pieces) push(c, e, r, 0, 0, 0, 0);
+        for (const auto& [e, r] : pieces) push(c, e, r, 0, 0, 0, 0, 0);
       }
+      d.chan_units = static_cast<std::uint32_t>(pieces.size());
+      d.units = static_cast<std::uint32_t>(count);
       desc.push_back(d);
       continue;
     }
@@ -195,6 +225,11 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
     for (std::int64_t x = 0; x < Wg && d.tap_pairs; ++x) {
       const Tap32& t = taps[d.col_taps + std::size_t(x)];
       d.tap_pairs = t.i1 == t.i0 + 1 && t.i0 % 2 == 0;
+    }
+    d.tap_quads = d.tap_pairs && d.dtype != kF32 && d.w % 8 == 0 && Wg % 4 == 0;
+    for (std::int64_t x = 0; x < Wg && d.tap_quads; ++x) {
+      const Tap32& first = taps[d.col_taps + std::size_t(x / 4 * 4)];
+      d.tap_quads = first.i0 % 8 == 0 && taps[d.col_taps + std::size_t(x)].i0 == first.i0 + 2 * std::uint32_t(x % 4);
     }
     // Columns: the grid's width, or chunks of kMaxCols (even, so that pairs stay aligned).
     const std::int64_t cols = std::min(Wg, kMaxCols);
@@ -230,13 +265,47 @@ FusionPlan plan_fusion(const FusionLayout& L, std::int64_t target, int group, bo
       for (const auto& [y0, r] : bands) {
         const std::int64_t need = span(y0, r);
         shared_bytes = std::max<std::size_t>(shared_bytes, static_cast<std::size_t>(std::min<std::int64_t>(g, d.channels - c) * need * cols * 4));
-        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, need);
+        for (std::int64_t x0 = 0; x0 < Wg; x0 += cols) push(c, y0, r, x0, std::min(cols, Wg - x0), rt[y0].i0, need, 0);
       }
     }
+    std::int64_t stats_count = 0, stats_per_channel = 0;
+    // Fewer inputs than outputs: the statistics from the input (axis_weights()), in kStats units of
+    // up to kMaxGroup channels and `target` input elements.
+    d.in_stats = input_stats && std::int64_t(d.h) * d.w < plane;
+    if (d.in_stats) {
+      d.row_weights = static_cast<std::uint32_t>(P.weights.size() / 3);
+      const auto wy = axis_weights(rt, Hg, d.h);
+      P.weights.insert(P.weights.end(), wy.begin(), wy.end());
+      d.col_weights = static_cast<std::uint32_t>(P.weights.size() / 3);
+      const auto wx = axis_weights(taps.data() + d.col_taps, Wg, d.w);
+      P.weights.insert(P.weights.end(), wx.begin(), wx.end());
+      // An input element costs a kStats unit about kStatsCost outputs' work (float64, four loads).
+      const std::int64_t in_plane = std::int64_t(d.h) * d.w, target_s = std::max<std::int64_t>(1, target / kStatsCost);
+      const std::int64_t gs = std::clamp<std::int64_t>(target_s / in_plane, 1, kMaxGroup);
+      const std::int64_t rows_s = std::clamp<std::int64_t>(target_s / d.w, 1, d.h);
+      stats_per_channel = (d.h + rows_s - 1) / rows_s;
+      for (std::int64_t c = 0; c < d.channels; c += gs) {
+        for (std::int64_t r0 = 0; r0 < d.h; r0 += rows_s) {
+          units.push_back({ti, static_cast<std::uint32_t>(c), static_cast<std::uint32_t>(std::min<std::int64_t>(gs, d.channels - c)),
+                           static_cast<std::uint32_t>(r0), static_cast<std::uint32_t>(std::min<std::int64_t>(rows_s, d.h - r0)), 0,
+                           d.w, 0, 0, 1});
+          ++stats_count;
+        }
+      }
+      if (std::int64_t(units.size()) > kMaxUnits) too_many(units.size(), target);
+    }
+    d.chan_units = static_cast<std::uint32_t>(bands.size() * std::size_t((Wg + cols - 1) / cols) + stats_per_channel);
+    d.units = static_cast<std::uint32_t>(count + stats_count);
     desc.push_back(d);
   }
-  // The largest units first (output plus horizontal rows), so that the last ones taken are small.
-  std::stable_sort(units.begin(), units.end(), [](const Unit& x, const Unit& y) { return unit_cost(x) > unit_cost(y); });
+  // Vectors and kStats units first (small, and the last unit of an isotropic teacher or of a channel
+  // folds its statistics: taken early, that is not the launch's end), then the largest units (output
+  // plus horizontal rows), so that the last ones taken are small.
+  auto early = [&](const Unit& u) { return desc[u.teacher].mode == kVector || u.stats; };
+  std::stable_sort(units.begin(), units.end(), [&](const Unit& x, const Unit& y) {
+    if (early(x) != early(y)) return early(x);
+    return unit_cost(x) > unit_cost(y);
+  });
   P.shared_bytes = shared_bytes;
   return P;
 }

@@ -9,10 +9,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
+#include <random>
 #include <tuple>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -40,9 +42,10 @@ FusionInput vec(const std::string& name, DType t, std::int64_t c) { return {name
 
 std::uint64_t cost(const plan::Unit& u) { return plan::unit_cost(u); }
 
-void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) {
-  SCOPED_TRACE("unit " + std::to_string(unit) + ", group " + std::to_string(group) + (even ? "" : ", not even"));
-  const auto P = plan::plan_fusion(L, unit, group, even);
+void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even, bool input_stats) {
+  SCOPED_TRACE("unit " + std::to_string(unit) + ", group " + std::to_string(group) + (even ? "" : ", not even") +
+               (input_stats ? ", statistics from the input" : ""));
+  const auto P = plan::plan_fusion(L, unit, group, even, input_stats);
   const std::int64_t Hg = L.grid_h(), Wg = L.grid_w(), plane = Hg * Wg;
   ASSERT_EQ(P.teachers.size(), L.teachers());
   ASSERT_LE(P.shared_bytes, std::size_t(plan::kBandBytes));
@@ -51,11 +54,17 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) 
     ASSERT_LT(i, covered.size());
     ++covered[i];
   };
+  std::map<std::tuple<std::uint32_t, std::uint32_t, std::uint32_t>, int> stats_rows;  // (teacher, channel, input row)
   for (std::size_t k = 0; k < P.units.size(); ++k) {
     const auto& u = P.units[k];
     SCOPED_TRACE("unit #" + std::to_string(k) + " of teacher " + std::to_string(u.teacher));
     if (k > 0) {
-      ASSERT_GE(cost(P.units[k - 1]), cost(u)) << "the largest units come first";
+      const bool prev_vector = P.teachers[P.units[k - 1].teacher].mode == plan::kVector || P.units[k - 1].stats;
+      const bool vector = P.teachers[u.teacher].mode == plan::kVector || u.stats;
+      ASSERT_TRUE(prev_vector || !vector) << "vectors and kStats units come first";
+      if (prev_vector == vector) {
+        ASSERT_GE(cost(P.units[k - 1]), cost(u)) << "the largest units come first";
+      }
     }
     ASSERT_LT(u.teacher, L.teachers());
     const auto& in = L.inputs()[u.teacher];
@@ -63,8 +72,20 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) 
     ASSERT_EQ(t.out_offset, L.offset(u.teacher));
     ASSERT_EQ(t.chan_base, L.channel_base(u.teacher));
     ASSERT_GE(u.nc, 1u);
-    ASSERT_LE(u.nc, std::uint32_t(group));
+    ASSERT_LE(u.nc, std::uint32_t(u.stats ? plan::kMaxGroup : group));
     ASSERT_LE(std::int64_t(u.c) + u.nc, in.channels());
+    if (u.stats) {
+      // A kStats unit: channels of an in_stats teacher, a range of its input rows, all columns.
+      ASSERT_EQ(t.mode, plan::kBand);
+      ASSERT_EQ(t.in_stats, 1);
+      ASSERT_EQ(u.cols, t.w);
+      ASSERT_GE(u.rows, 1u);
+      ASSERT_LE(std::int64_t(u.y0) + u.rows, in.shape[1]);
+      for (std::uint32_t g = 0; g < u.nc; ++g) {
+        for (std::uint32_t r = u.y0; r < u.y0 + u.rows; ++r) ++stats_rows[{u.teacher, u.c + g, r}];
+      }
+      continue;
+    }
     if (t.mode == plan::kVector) {
       ASSERT_FALSE(in.spatial());
       ASSERT_EQ(u.nc, 1u);
@@ -112,6 +133,8 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) 
       }
     }
     if (t.mode == plan::kBand) {
+      ASSERT_EQ(t.in_stats, input_stats && in.shape[1] * in.shape[2] < plane ? 1 : 0)
+          << "statistics from the input exactly where it is smaller, where asked";
       ASSERT_LE(std::size_t(u.nc) * u.nrows * u.cols * sizeof(float), P.shared_bytes) << "the band's rows fit";
       ASSERT_LE(std::int64_t(u.rbase) + u.nrows, in.shape[1]);
       for (std::uint32_t y = u.y0; y < u.y0 + u.rows; ++y) {
@@ -128,7 +151,7 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) 
     std::map<std::tuple<std::uint32_t, std::uint32_t, std::uint32_t, bool>, std::pair<std::uint32_t, std::uint32_t>> sizes;
     for (const auto& u : P.units) {
       const auto& t = P.teachers[u.teacher];
-      if (t.mode == plan::kVector) continue;
+      if (t.mode == plan::kVector || u.stats) continue;
       const std::int64_t align = t.mode == plan::kBand ? 1 : (t.vec ? plan::kVec : 2);
       const std::int64_t total = t.mode == plan::kBand ? Hg : plane;
       const std::int64_t cut = t.mode == plan::kBand ? Hg - Hg / 4 : (plane - plane / 4) / align * align;
@@ -140,6 +163,40 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) 
       EXPECT_LE(mm.second - mm.first, std::uint32_t(align) + (total % align))
           << "uneven units in a part of teacher " << u.teacher << "'s plane: " << mm.first << " and " << mm.second;
     }
+  }
+  // The counts by which the kernel knows a channel (a teacher) complete: the units that cover
+  // each channel, and the teacher's units.
+  std::vector<std::uint32_t> per_teacher(L.teachers(), 0);
+  std::vector<std::uint32_t> per_channel(L.total_channels(), 0);
+  for (const auto& u : P.units) {
+    const auto& t = P.teachers[u.teacher];
+    ++per_teacher[u.teacher];
+    if (t.mode == plan::kVector) continue;
+    for (std::uint32_t g = 0; g < u.nc; ++g) ++per_channel[t.chan_base + u.c + g];
+  }
+  for (std::size_t i = 0; i < L.teachers(); ++i) {
+    const auto& t = P.teachers[i];
+    ASSERT_EQ(t.units, per_teacher[i]) << "teacher " << i;
+    if (t.in_stats) {
+      // Every input row of every channel in exactly one kStats unit; the weights are the axes'.
+      for (int c = 0; c < t.channels; ++c) {
+        for (std::uint32_t r = 0; r < t.h; ++r) {
+          const auto it = stats_rows.find({std::uint32_t(i), std::uint32_t(c), r});
+          ASSERT_TRUE(it != stats_rows.end() && it->second == 1) << "teacher " << i << " channel " << c << " input row " << r;
+        }
+      }
+      const auto wy = plan::axis_weights(P.taps.data() + t.row_taps, Hg, t.h);
+      const auto wx = plan::axis_weights(P.taps.data() + t.col_taps, Wg, t.w);
+      ASSERT_LE(3 * (std::size_t(t.row_weights) + t.h), P.weights.size());
+      ASSERT_LE(3 * (std::size_t(t.col_weights) + t.w), P.weights.size());
+      ASSERT_TRUE(std::equal(wy.begin(), wy.end(), P.weights.begin() + 3 * std::ptrdiff_t(t.row_weights)));
+      ASSERT_TRUE(std::equal(wx.begin(), wx.end(), P.weights.begin() + 3 * std::ptrdiff_t(t.col_weights)));
+    }
+    if (t.mode == plan::kVector) {
+      ASSERT_EQ(t.chan_units, 1u);
+      continue;
+    }
+    for (int c = 0; c < t.channels; ++c) ASSERT_EQ(t.chan_units, per_channel[t.chan_base + c]) << "teacher " << i << " channel " << c;
   }
   for (std::size_t i = 0; i < L.teachers(); ++i) {
     const auto& in = L.inputs()[i];
@@ -163,6 +220,12 @@ void check_plan(const FusionLayout& L, std::int64_t unit, int group, bool even) 
       adjacent = adjacent && want.i1 == want.i0 + 1 && want.i0 % 2 == 0;
     }
     ASSERT_EQ(t.tap_pairs, adjacent ? 1 : 0) << "one load of two elements exactly where every column's taps allow it";
+    bool quads = adjacent && in.dtype != DType::f32 && in.shape[2] % 8 == 0 && Wg % 4 == 0;
+    for (std::int64_t x = 0; x < Wg && quads; ++x) {
+      const auto first = kernels::tap(rx, x / 4 * 4, in.shape[2]).i0;
+      quads = first % 8 == 0 && kernels::tap(rx, x, in.shape[2]).i0 == first + 2 * (x % 4);
+    }
+    ASSERT_EQ(t.tap_quads, quads ? 1 : 0) << "one 16-byte load for 4 columns exactly where their taps allow it";
   }
 }
 
@@ -196,7 +259,7 @@ TEST(FusionPlan, UnitsCoverEveryOutputOnceAndFitTheirBounds) {
     SCOPED_TRACE("layout " + std::to_string(l));
     for (auto [unit, group] : {std::pair<std::int64_t, int>{256, 1}, {8192, 1}, {16384, 2}, {100000, 3}, {1 << 20, 8}}) {
       for (bool even : {true, false}) {
-        check_plan(layouts[l], unit, group, even);
+        for (bool input_stats : {false, true}) check_plan(layouts[l], unit, group, even, input_stats);
         if (HasFatalFailure()) return;
       }
     }
@@ -222,6 +285,7 @@ TEST(FusionPlan, TheLastQuarterOfAPlaneComesInSmallerUnitsTakenLast) {
   std::size_t big = 0, small = 0, first_small = P.units.size();
   for (std::size_t k = 0; k < P.units.size(); ++k) {
     const auto& u = P.units[k];
+    if (u.stats) continue;  // the upsampled map's statistics (checked in check_plan())
     const std::uint64_t n = std::uint64_t(u.rows) * std::max(u.cols, 1u);
     if (n >= 12288) {
       ++big;
@@ -248,6 +312,7 @@ TEST(FusionPlan, EachPartOfAPlaneIsCutEvenlyWhereTheUnitsDoNotDivideIt) {
   const auto P = plan::plan_fusion(L, 16384, 1, true);
   std::vector<std::uint32_t> band_rows, copy_elems;
   for (const auto& u : P.units) {
+    if (u.stats) continue;
     if (u.teacher == 0 && u.c == 0) band_rows.push_back(u.rows);
     if (u.teacher == 1 && u.c == 0) copy_elems.push_back(u.rows);
     if (u.teacher == 0) EXPECT_TRUE(u.y0 + u.rows <= 168 || u.y0 >= 168) << "a band across the cut at row 168: " << u.y0;
@@ -262,6 +327,7 @@ TEST(FusionPlan, EachPartOfAPlaneIsCutEvenlyWhereTheUnitsDoNotDivideIt) {
   band_rows.clear();
   copy_elems.clear();
   for (const auto& u : plan::plan_fusion(L, 16384, 1, false).units) {
+    if (u.stats) continue;
     if (u.teacher == 0 && u.c == 0) band_rows.push_back(u.rows);
     if (u.teacher == 1 && u.c == 0) copy_elems.push_back(u.rows);
   }
@@ -274,7 +340,7 @@ TEST(FusionPlan, EachPartOfAPlaneIsCutEvenlyWhereTheUnitsDoNotDivideIt) {
 TEST(FusionPlan, BalanceEstimateHandsUnitsOutAsTheKernelDoes) {
   plan::FusionPlan P;
   // Copy units of n elements (cost n each).
-  auto unit = [](std::uint32_t n) { return plan::Unit{0, 0, 1, 0, n, 0, 0, 0, 0}; };
+  auto unit = [](std::uint32_t n) { return plan::Unit{0, 0, 1, 0, n, 0, 0, 0, 0, 0}; };
   P.units = {unit(100), unit(100), unit(100)};
   auto b = plan::estimate_balance(P, 2, 0);
   EXPECT_EQ(b.units, 3u);
@@ -335,10 +401,75 @@ TEST(FusionPlan, VectorsFollowTheLayout) {
   EXPECT_EQ(desc(narrow, 1).vec, 1);
 }
 
+// The axes' weights (axis_weights()) against a resampled channel summed element by element in
+// float64: for random inputs upsampled, downsampled, clamped and left alone on each axis, the
+// kernel's formula for in_stats teachers (fusion_plan.hpp) gives the sum of the bilinear outputs
+// and of their squares.
+TEST(FusionPlan, AxisWeightsGiveTheSumsOfAResampledChannel) {
+  std::mt19937_64 rng(test::test_seed());
+  std::uniform_real_distribution<float> value(-4.0f, 9.0f);
+  auto taps_of = [](std::int64_t in, std::int64_t out) {
+    const auto r = kernels::make_resample(in, out);
+    std::vector<plan::Tap32> t;
+    for (std::int64_t d = 0; d < out; ++d) {
+      const auto k = kernels::tap(r, d, in);
+      t.push_back({std::uint32_t(k.i0), std::uint32_t(k.i1), k.l0, k.l1});
+    }
+    return t;
+  };
+  const std::pair<std::int64_t, std::int64_t> axes[] = {{16, 224}, {3, 37}, {7, 6}, {64, 32}, {5, 5}, {1, 9}, {2, 2}};
+  for (auto [h, Hg] : axes) {
+    for (auto [w, Wg] : axes) {
+      SCOPED_TRACE(std::to_string(h) + "x" + std::to_string(w) + " to " + std::to_string(Hg) + "x" + std::to_string(Wg));
+      const auto ty = taps_of(h, Hg), tx = taps_of(w, Wg);
+      const auto wy = plan::axis_weights(ty.data(), Hg, h), wx = plan::axis_weights(tx.data(), Wg, w);
+      ASSERT_EQ(wy.size(), 3u * std::size_t(h));
+      ASSERT_EQ(wx.size(), 3u * std::size_t(w));
+      EXPECT_EQ(wy[3 * (h - 1) + 2], 0.0) << "no input row after the last";
+      std::vector<double> X(std::size_t(h * w));
+      for (auto& v : X) v = value(rng);
+      auto at = [&](std::int64_t i, std::int64_t j) { return X[std::size_t(i * w + j)]; };
+      double s1 = 0, s2 = 0;
+      for (std::int64_t y = 0; y < Hg; ++y) {
+        for (std::int64_t x = 0; x < Wg; ++x) {
+          const auto &a = ty[y], &b = tx[x];
+          const double top = double(b.l0) * at(a.i0, b.i0) + double(b.l1) * at(a.i0, b.i1);
+          const double bottom = double(b.l0) * at(a.i1, b.i0) + double(b.l1) * at(a.i1, b.i1);
+          const double v = double(a.l0) * top + double(a.l1) * bottom;
+          s1 += v;
+          s2 += v * v;
+        }
+      }
+      double f1 = 0, f2 = 0;
+      for (std::int64_t i = 0; i < h; ++i) {
+        for (std::int64_t j = 0; j < w; ++j) {
+          const double x = at(i, j);
+          f1 += wy[3 * i] * wx[3 * j] * x;
+          double row = wx[3 * j + 1] * x * x, cross = 0;
+          if (j + 1 < w) row += 2 * wx[3 * j + 2] * x * at(i, j + 1);
+          if (i + 1 < h) {
+            cross = wx[3 * j + 1] * x * at(i + 1, j);
+            if (j + 1 < w) cross += wx[3 * j + 2] * (x * at(i + 1, j + 1) + at(i, j + 1) * at(i + 1, j));
+          }
+          f2 += wy[3 * i + 1] * row + 2 * wy[3 * i + 2] * cross;
+        }
+      }
+      EXPECT_NEAR(f1, s1, 1e-10 * (1 + std::fabs(s1)));
+      EXPECT_NEAR(f2, s2, 1e-10 * (1 + std::fabs(s2)));
+    }
+  }
+  const plan::Tap32 outside{4, 5, 0.5f, 0.5f};
+  EXPECT_THROW(plan::axis_weights(&outside, 1, 5), PreconditionError) << "a tap beyond the input";
+}
+
 TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
   {
     test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr),
-        b("DIRECTPORT_FUSION_BLOCKS", nullptr), e("DIRECTPORT_FUSION_EVEN", nullptr);
+        b("DIRECTPORT_FUSION_BLOCKS", nullptr), e("DIRECTPORT_FUSION_EVEN", nullptr), gr("DIRECTPORT_FUSION_GRID", nullptr),
+        r("DIRECTPORT_FUSION_INSTATS", nullptr), q("DIRECTPORT_FUSION_QUADS", nullptr);
+    EXPECT_TRUE(plan::grid_launch_from_env());
+    EXPECT_TRUE(plan::quad_loads_from_env());
+    EXPECT_FALSE(plan::input_stats_from_env());
     EXPECT_EQ(plan::unit_elements_from_env(), plan::kUnitElements);
     EXPECT_EQ(plan::unit_group_from_env(), plan::kGroup);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), plan::kBlocksPerSm);
@@ -346,7 +477,11 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
   }
   {
     test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8"), b("DIRECTPORT_FUSION_BLOCKS", "5"),
-        e("DIRECTPORT_FUSION_EVEN", "1");
+        e("DIRECTPORT_FUSION_EVEN", "1"), gr("DIRECTPORT_FUSION_GRID", "0"), r("DIRECTPORT_FUSION_INSTATS", "1"),
+        q("DIRECTPORT_FUSION_QUADS", "0");
+    EXPECT_FALSE(plan::grid_launch_from_env());
+    EXPECT_FALSE(plan::quad_loads_from_env());
+    EXPECT_TRUE(plan::input_stats_from_env());
     EXPECT_EQ(plan::unit_elements_from_env(), 4096);
     EXPECT_EQ(plan::unit_group_from_env(), 8);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), 5);
@@ -376,6 +511,14 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
     const std::string what = rejection("DIRECTPORT_FUSION_EVEN", bad, plan::even_split_from_env);
     EXPECT_NE(what.find("DIRECTPORT_FUSION_EVEN must be a number from 0 to 1"), std::string::npos) << what;
   }
+  for (const char* bad : {"2", "on"}) {
+    std::string what = rejection("DIRECTPORT_FUSION_GRID", bad, plan::grid_launch_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_GRID must be a number from 0 to 1"), std::string::npos) << what;
+    what = rejection("DIRECTPORT_FUSION_QUADS", bad, plan::quad_loads_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_QUADS must be a number from 0 to 1"), std::string::npos) << what;
+    what = rejection("DIRECTPORT_FUSION_INSTATS", bad, plan::input_stats_from_env);
+    EXPECT_NE(what.find("DIRECTPORT_FUSION_INSTATS must be a number from 0 to 1"), std::string::npos) << what;
+  }
   for (const char* bad : {"0", "9", "two"}) {
     const std::string what = rejection("DIRECTPORT_FUSION_GROUP", bad, plan::unit_group_from_env);
     EXPECT_NE(what.find("DIRECTPORT_FUSION_GROUP must be a number from 1 to 8"), std::string::npos) << what;
@@ -390,7 +533,8 @@ TEST(FusionBenchMP, PlanNeedsNoGpuAndComparesBothCuts) {
   GTEST_SKIP() << "dp_bench_fusion is not built here (no CUDA toolkit, or DIRECTPORT_BUILD_BENCH=OFF)";
 #else
   const std::string json_path = ::testing::TempDir() + "/fusion_plan_" + std::to_string(::getpid()) + ".json";
-  test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", nullptr), g("DIRECTPORT_FUSION_GROUP", nullptr);
+  // At 16384 elements a unit, where the model puts the even cut ahead (docs/FUSION.md).
+  test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "16384"), g("DIRECTPORT_FUSION_GROUP", nullptr);
   auto c = platform::Child::spawn({DP_BENCH_FUSION, "--plan", "--json", json_path}, {true, true});
   auto rc = c.wait_for(std::chrono::seconds(30));
   ASSERT_TRUE(rc.has_value()) << "dp_bench_fusion --plan did not finish";

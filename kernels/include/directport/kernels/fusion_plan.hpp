@@ -20,10 +20,13 @@ constexpr std::int64_t kBandBytes = 32 * 1024;
 constexpr int kMaxRows = 256;
 // Output elements a unit aims at, over its channels, and channels a unit takes at most
 // (DIRECTPORT_FUSION_UNIT and DIRECTPORT_FUSION_GROUP override them, for measuring).
-constexpr std::int64_t kUnitElements = 16384;
+constexpr std::int64_t kUnitElements = 32768;
 // The last quarter of each plane is cut into units this many times smaller, taken last.
 constexpr std::int64_t kTailDivisor = 4;
 constexpr int kGroup = 1;
+// A kStats unit takes about unit_elements / kStatsCost input elements (an input element costs it
+// several outputs' work: float64 arithmetic and four loads).
+constexpr std::int64_t kStatsCost = 16;
 // Blocks of 256 threads an SM the kernel is compiled for (its register budget: 4 gives 64
 // registers a thread, 5 gives 48); DIRECTPORT_FUSION_BLOCKS picks the other, for measuring.
 constexpr int kBlocksPerSm = 4;
@@ -33,7 +36,7 @@ constexpr int kVec = 8;
 static_assert(kMaxCols % kVec == 0, "a band's column chunks keep vectors aligned");
 
 enum : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
-enum : int { kCopy = 0, kBand = 1, kVector = 2 };
+enum : int { kCopy = 0, kBand = 1, kVector = 2 };  // a teacher's mode
 
 int dtype_code(DType t);
 
@@ -51,9 +54,18 @@ struct TeacherDesc {
   int vec;    // 1: ... kVec adjacent elements at once (16 bytes of a 16-bit dtype)
   int tap_pairs;  // band: 1 where every column's two taps are adjacent, the first even, and the input's
                   // rows of even length: one load of two elements takes both (a 2x downsampling, say)
+  int tap_quads;  // band, 16-bit input: 1 where tap_pairs and, for every 4 adjacent output columns
+                  // from a multiple of 4, the 8 inputs they take are adjacent and start at a multiple
+                  // of 8, and the input's rows are a multiple of 8 long: one 16-byte load takes all
+                  // (a 2x downsampling of a 16-bit map)
+  int in_stats;  // band with fewer input than output elements: its statistics come from its input
+                 // (kStats units and the plan's weights), its output units sum nothing
   int channels;
+  std::uint32_t chan_units;  // units that cover each of its channels (a vector: 1 an element)
+  std::uint32_t units;       // units of the teacher
   std::uint32_t h, w;
   std::uint32_t row_taps, col_taps;  // band: index of output row 0's and column 0's tap in the table
+  std::uint32_t row_weights, col_weights;  // in_stats: index (in triples) of its rows' and columns' weights
   unsigned chan_base;                // first index in the statistics arrays
   std::uint64_t out_offset;
 };
@@ -63,24 +75,51 @@ struct Unit {
   std::uint32_t y0, rows;        // band: output rows [y0, y0 + rows); copy, vector: elements [y0, y0 + rows)
   std::uint32_t x0, cols;        // band: output columns [x0, x0 + cols)
   std::uint32_t rbase, nrows;    // band: input rows [rbase, rbase + nrows), interpolated into shared memory
+  std::uint32_t stats;           // 1: a kStats unit, the sums of channels [c, c + nc) of an in_stats
+                                 // teacher over its input rows [y0, y0 + rows), all cols (its width)
 };
 
 struct FusionPlan {
   std::vector<TeacherDesc> teachers;
   std::vector<Unit> units;  // the largest first
   std::vector<Tap32> taps;
+  // Weights of the input rows and columns of in_stats teachers, a triple (c, g0, g1) an input index
+  // of an axis (axis_weights()); a teacher's rows from row_weights, its columns from col_weights.
+  std::vector<double> weights;
   std::size_t shared_bytes = 0;  // the largest band's nc * nrows * cols floats
 };
+
+// The bilinear resampling along one axis as a matrix W (an output index's row holds l0 at its tap
+// i0 and l1 at i1, their sum where i0 == i1), summarised for the statistics: for each input index
+// i, c[i] = sum over outputs of W[d][i] and, of the Gram matrix G = W^T W (tridiagonal: taps are
+// adjacent), g0[i] = G[i][i] and g1[i] = G[i][i + 1] (0 for the last). Returned as triples
+// (c, g0, g1), `in` of them. With Wy, Wx a map's two axes and X a channel of the input, the
+// resampled channel Y = Wy X Wx^T has
+//   sum Y   = sum_ij cy[i] cx[j] X[i][j]
+//   sum Y^2 = sum_ij gy0[i] (gx0[j] X[i][j]^2 + 2 gx1[j] X[i][j] X[i][j+1])
+//           + 2 gy1[i] (gx0[j] X[i][j] X[i+1][j] + gx1[j] (X[i][j] X[i+1][j+1] + X[i][j+1] X[i+1][j])),
+// in exact arithmetic: the kernel's in_stats teachers take their moments this way, from their input
+// (the reference sums the outputs after their rounding to float32: they agree to about 1e-7 of the
+// values' magnitudes).
+std::vector<double> axis_weights(const Tap32* taps, std::int64_t out, std::int64_t in);
 
 // `unit_elements` output elements a unit, over at most `group` channels (both validated by the
 // callers below; here they must be >= 1 and 1..kMaxGroup). Throws ValidationError where the
 // layout would make more than 2^31 - 1 units.
+// Units of vector teachers and kStats units come first (small, and an isotropic teacher's or a
+// channel's statistics are folded by its last unit: early, they do not end the launch), then the
+// others, the largest first.
 // `even`: the first three quarters of a plane, and its last quarter, are each cut into units of
 // sizes that differ by at most a vector (cut_plane() in fusion_plan.cpp); false is kernel 6's cut,
 // whose last large unit could reach past the three-quarter mark and leave the last quarter a
 // sliver. The kernel runs kernel 6's cut unless DIRECTPORT_FUSION_EVEN=1, until the even cut has
 // been measured on a GPU (docs/FUSION.md).
-FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = false);
+// `input_stats`: teachers with fewer input than output elements (upsampled maps) take their
+// statistics from their input (TeacherDesc::in_stats; 38 % fewer instructions for the distill
+// workload, but no faster on an H100: docs/FUSION.md, kernel 7); false (the default) sums every
+// output.
+FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = false,
+                       bool input_stats = false);
 
 // A unit's size for ordering and estimates: its output elements plus the horizontal
 // interpolations a band makes first, over its channels.
@@ -107,5 +146,14 @@ int unit_group_from_env();
 int blocks_per_sm_from_env();
 // DIRECTPORT_FUSION_EVEN (0 or 1, default 0): plan_fusion()'s `even`.
 bool even_split_from_env();
+// DIRECTPORT_FUSION_GRID (0 or 1, default 1): 1 launches a block a unit, in the plan's order, and
+// leaves their scheduling to the GPU; 0 launches as many blocks as the card holds at once, each
+// taking units from a counter (kernel 6).
+bool grid_launch_from_env();
+// DIRECTPORT_FUSION_QUADS (0 or 1, default 1): 0 leaves TeacherDesc::tap_quads unused (a band's
+// rows loaded a pair of inputs at a time), for measuring.
+bool quad_loads_from_env();
+// DIRECTPORT_FUSION_INSTATS (0 or 1, default 0): plan_fusion()'s `input_stats`.
+bool input_stats_from_env();
 
 }  // namespace dp::kernels::plan
