@@ -418,8 +418,10 @@ __device__ __forceinline__ void commit(const LaunchArgs& a, const TeacherDesc& t
     double sum = 0.0;
     for (int w = 0; w < kWarps; ++w) sum += p.v[w][g][k];
     atomicAdd((k ? a.acc2 : a.acc1) + ch0 + g, sum);
-    __threadfence();
   }
+  // The sums, and this unit's reads of its channels' (mean, scale) before the barrier, ordered
+  // before the count that may let another unit fold them.
+  __threadfence();
   __syncwarp();
   unit_done(a, t, i, nc, ch0, p.folds);
 }

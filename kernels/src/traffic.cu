@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 
 #include "directport/core/error.hpp"
 #include "directport/cuda/driver.hpp"
@@ -56,16 +58,30 @@ void traffic_floor_gpu(const std::vector<TrafficInput>& inputs, void* out, std::
   a.inputs = static_cast<int>(inputs.size());
   a.out = static_cast<uint4*>(out);
   a.chunks_out = out_bytes / 16;
-  int device = 0, sms = 0, per_sm = 0;
+  // The resident blocks of the current device, asked once a device: a timed call does no more
+  // host work than the fusion's own launch (its events bracket the host's calls too).
+  static std::mutex m;
+  static std::map<int, int> slots_of;
+  int device = 0;
   DP_CUDA_CHECK(cudaGetDevice(&device));
-  DP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  DP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, traffic_kernel, kThreads, 0));
+  int slots = 0;
+  {
+    std::lock_guard<std::mutex> lock(m);
+    auto it = slots_of.find(device);
+    if (it == slots_of.end()) {
+      int sms = 0, per_sm = 0;
+      DP_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      DP_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, traffic_kernel, kThreads, 0));
+      it = slots_of.emplace(device, std::max(1, per_sm * sms)).first;
+    }
+    slots = it->second;
+  }
   std::size_t most = 0;
   for (int k = 0; k < a.inputs; ++k) most = std::max(most, a.chunks_in[k]);
   most = std::max(most, a.chunks_out);
   // As many blocks as the card holds at once, fewer where there is less to do.
   const std::size_t want = std::max<std::size_t>(1, (most + kThreads - 1) / kThreads);
-  const auto blocks = static_cast<unsigned>(std::min<std::size_t>(want, std::size_t(std::max(1, per_sm * sms))));
+  const auto blocks = static_cast<unsigned>(std::min<std::size_t>(want, std::size_t(slots)));
   traffic_kernel<<<blocks, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(a);
   DP_CUDA_CHECK(cudaGetLastError());
 }
