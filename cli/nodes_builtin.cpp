@@ -74,6 +74,13 @@ struct GpuScratch {
   }
   GpuStream gs() const { return reinterpret_cast<GpuStream>(stream); }
 };
+
+// The stall test hooks' step: says so, and holds `stream` for `ms` before what comes next on it.
+void stall_stream(double ms, const char* before, std::uint64_t seq, GpuStream stream) {
+  std::fprintf(stderr, "stalling our stream for %.0f ms before %s frame %llu\n", ms, before,
+               static_cast<unsigned long long>(seq));
+  kernels::hold_stream(static_cast<std::uint64_t>(ms * 1e6), stream);
+}
 #endif
 
 int run_pattern_source(NodeContext& ctx) {
@@ -87,8 +94,9 @@ int run_pattern_source(NodeContext& ctx) {
   auto frames = p["frames"].get<std::uint64_t>();
   auto wait_subs = p["wait_subscribers"].get<std::uint64_t>();
   // Test hook: before writing frame number `stall_after` (1-based), hold our stream for
-  // `stall_ms` (the GPU left free): the frames announced meanwhile are not written, and consumers' GPU waits on
-  // their ready words stay pending (a producer killed then leaves them for the survivors to raise).
+  // `stall_ms` (the GPU left free): the frames announced meanwhile are not written, and
+  // consumers' GPU waits on their ready words stay pending (a producer killed then leaves them
+  // for the survivors to raise).
   const auto stall_after = p["stall_after"].get<std::uint64_t>();
   const auto stall_ms = p["stall_ms"].get<double>();
 
@@ -122,9 +130,7 @@ int run_pattern_source(NodeContext& ctx) {
 #if DIRECTPORT_HAS_CUDA
     if (gpu) {
       if (n + 1 == stall_after && stall_ms > 0) {
-        std::fprintf(stderr, "stalling our stream for %.0f ms before writing frame %llu\n", stall_ms,
-                     static_cast<unsigned long long>(lease->seq));
-        kernels::hold_stream(static_cast<std::uint64_t>(stall_ms * 1e6), gpu->gs());
+        stall_stream(stall_ms, "writing", lease->seq, gpu->gs());
       }
       kernels::stamp_frame_gpu(lease->data, lease->bytes, lease->seq, seed, gpu->reduce, gpu->gs());
       pub.publish(*lease, {lease->seq, 0, 0}, gpu->gs());
@@ -161,8 +167,8 @@ int run_checksum_sink(NodeContext& ctx) {
   // Test hook: write into the first frame received, which must fault (read-only mapping).
   auto write_probe = p["write_probe"].get<bool>();
   // Test hook: before releasing frame number `stall_after` (1-based), hold our stream for
-  // `stall_ms` (the GPU left free), and stop synchronising it: the release runs that much later while we
-  // go on taking frames (a consumer whose stream stalls). Once the producer has cut us off
+  // `stall_ms` (the GPU left free), and stop synchronising it: the release runs that much later
+  // while we go on taking frames (a consumer whose stream stalls). Once the producer has cut us off
   // (PROTOCOL.md §10.3) we wait the stall out and go on as before; the frames taken meanwhile
   // are not verified (`unchecked`).
   const auto stall_after = p["stall_after"].get<std::uint64_t>();
@@ -244,9 +250,7 @@ int run_checksum_sink(NodeContext& ctx) {
       }
       if (hold_ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(hold_ms));
       if (taken == stall_after && stall_ms > 0) {
-        std::fprintf(stderr, "stalling our stream for %.0f ms before releasing frame %llu\n", stall_ms,
-                     static_cast<unsigned long long>(f->seq));
-        kernels::hold_stream(static_cast<std::uint64_t>(stall_ms * 1e6), gs);
+        stall_stream(stall_ms, "releasing", f->seq, gs);
         stalling = true;
       }
       sub.release(*f, gs);

@@ -407,9 +407,7 @@ struct Subscriber::Connection {
     for (std::uint32_t k = 0; k < spec.slots; ++k) {
       const std::uint64_t h = record(k).held.load();
       if (!h) continue;
-      if (protocol::genuinely_ready(record(k).released.load(), h)) continue;  // our release ran: our wait passed
-      if (written(k, h) || forced(k, h)) continue;
-      return false;
+      if (!wait_passed(k, h)) return false;
     }
     return true;
   }
@@ -424,6 +422,12 @@ struct Subscriber::Connection {
   bool written(std::uint32_t k, std::uint64_t seq) const {
     const std::uint64_t w = transport->ready_value(k);
     return protocol::genuinely_ready(w, seq) || ((w & protocol::kForcedReady) && (w & ~protocol::kForcedReady) > seq);
+  }
+  // Whether our GPU wait on slot k's ready word for frame `seq` has passed: our own release of it
+  // ran (a word our stream wrote, not the producer's raise of a cut), the producer wrote the word,
+  // or the watchdog raised it.
+  bool wait_passed(std::uint32_t k, std::uint64_t seq) {
+    return protocol::genuinely_ready(record(k).released.load(), seq) || written(k, seq) || forced(k, seq);
   }
   // Whether frame `seq` of slot k, which our wait let through, may lack its data because a
   // survivor of a dead producer raised a word: our wait passes on another consumer's raise
@@ -462,14 +466,8 @@ struct Subscriber::Connection {
         if (gone) {
           dead = true;
           for (std::uint32_t k = 0; k < spec.slots; ++k) {
-            auto& r = record(k);
-            std::uint64_t held = r.held.load();
-            // Our own release of it ran (a word our stream wrote, not the producer's raise of a
-            // cut): our wait on its ready word has passed.
-            const bool ran = protocol::genuinely_ready(r.released.load(), held);
-            if (held && !ran && !written(k, held) && !forced(k, held)) {
-              force(k, held);
-            }
+            const std::uint64_t held = record(k).held.load();
+            if (held && !wait_passed(k, held)) force(k, held);
           }
         }
         std::this_thread::sleep_for(kWatchdogPeriod);

@@ -744,13 +744,14 @@ __device__ void stats_unit(const LaunchArgs& a, const TeacherDesc& t, const Unit
       const bool right = j + 1 < w, down = r + 1 < h;
       const double x = ld(p), cy = __ldg(wy + 3 * r), cx = __ldg(wx + 3 * j), gx0 = __ldg(wx + 3 * j + 1);
       s.s1 = fma(cy * cx, x, s.s1);
+      const double xd = down ? ld(p + w) : 0.0;  // the neighbour below (unused on the last row)
       double row = gx0 * x * x, cross = 0.0;
       if (right) {
         const double xr = ld(p + 1), gx1 = __ldg(wx + 3 * j + 2);
         row = fma(2.0 * gx1 * x, xr, row);
-        if (down) cross = gx1 * (x * ld(p + w + 1) + xr * ld(p + w));
+        if (down) cross = gx1 * (x * ld(p + w + 1) + xr * xd);
       }
-      if (down) cross = fma(gx0 * x, static_cast<double>(ld(p + w)), cross);
+      if (down) cross = fma(gx0 * x, xd, cross);
       s.s2 = fma(__ldg(wy + 3 * r + 1), row, s.s2);
       if (down) s.s2 = fma(2.0 * __ldg(wy + 3 * r + 2), cross, s.s2);
     }

@@ -121,11 +121,13 @@ FusionPlan plan_fusion(const FusionLayout& layout, std::int64_t unit_elements, i
                        bool input_stats = true);
 
 // A unit's size for ordering and estimates: its output elements plus the horizontal
-// interpolations a band makes first, over its channels.
+// interpolations a band makes first, over its channels (a kStats unit: its input elements, each
+// as kStatsCost outputs).
 std::uint64_t unit_cost(const Unit& u);
 
 // How `blocks` blocks (at most one a unit) share the plan's units when they take them as
-// fuse_kernel hands them out (a block claims its next unit as it starts one), under a cost model:
+// fuse_kernel's persistent blocks do (DIRECTPORT_FUSION_GRID=0: a block claims its next unit as it
+// starts one; the default launch leaves a block a unit to the GPU), under a cost model:
 // a unit costs unit_cost() plus `fixed` (its barriers, taps and sums, in output elements).
 // `longest` is the busiest block's total, `mean` the blocks' mean; compare `longest` between plans
 // (more units also raise the mean). An estimate from the plan alone (no GPU), not a time: it does
